@@ -1,0 +1,529 @@
+"""Typed configuration (frozen dataclasses) and the strict YAML loader for study files.
+
+One name per concept everywhere: a config field ``kernel.num_features`` is the YAML key
+``kernel: {num_features: ...}``, the search-space key ``kernel.num_features``, the Tune
+parameter and the results column. Unknown or misspelt keys are errors naming the file, the
+line, the key and the valid keys, raised before Ray starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lk_study.kernels import KERNELS
+
+
+class ConfigError(ValueError):
+    """A bad study file or override; the message says where and what is valid."""
+
+
+# ---------------------------------------------------------------------------- config sections
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The data. ``sparsity``: see lk_study.tasks.sparsity for the construction."""
+
+    name: str = "sparsity"
+    size: int = 200_000  # instances, before the train/validation split
+    seq_len: int = 200
+    num_signal: int = 5  # k: signal positions among seq_len (odd, so the majority is defined)
+    num_types: int = 8
+    val_fraction: float = 0.2
+    seed: int = 0
+    cache_dir: str = ""  # "" -> $LK_STUDY_CACHE or ~/.cache/lk_study
+
+    def __post_init__(self) -> None:
+        from lk_study.tasks import TASKS
+
+        _check(self.name in TASKS, "name", f"unknown task {self.name!r}; valid: {', '.join(TASKS)}")
+        _check(self.size >= 10, "size", "must be >= 10")
+        _check(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    d_ff: int = 128
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "num_layers", "num_heads", "d_ff"):
+            _check(getattr(self, name) >= 1, name, "must be >= 1")
+        _check(self.d_model % self.num_heads == 0, "d_model", "must be divisible by num_heads")
+        _check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """The attention kernel (lk_study.kernels.KERNELS). Family parameters apply where the
+    family takes them (``lk-study kernels`` lists which)."""
+
+    name: str = "prf"
+    num_features: int = 64  # M per head; ignored by softmax
+    num_components: int = 1  # GMM families
+    covariance: str = "diag"  # GMM families: diag | full
+    redraw: int = 0  # redraw random features every N training steps; 0 = one fixed draw
+
+    def __post_init__(self) -> None:
+        _check(self.name in KERNELS, "name", f"unknown kernel {self.name!r}; valid: {', '.join(KERNELS)}")
+        _check(self.num_features >= 1, "num_features", "must be >= 1")
+        _check(self.num_components >= 1, "num_components", "must be >= 1")
+        _check(self.covariance in ("diag", "full"), "covariance", "must be diag or full")
+        _check(self.redraw >= 0, "redraw", "must be >= 0 (0 = never)")
+
+
+SCHEDULES = ("rsqrt", "linear", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. ``lr`` is the peak rate, reached at step ``warmup``.
+
+    rsqrt (LRA):  lr(t) = lr · min(1, t/W) · √(W / max(t, W))
+    linear:       lr(t) = lr · min(t/W, (T − t)/(T − W)),  T = max_steps
+    """
+
+    seed: int = 0
+    batch_size: int = 64  # global, split over the data-parallel workers
+    max_steps: int = 1000
+    eval_every: int = 100
+    lr: float = 1e-3
+    schedule: str = "rsqrt"
+    warmup: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    adam_eps: float = 1e-9
+    grad_clip: float = 1.0  # 0 = no clipping
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_steps", "eval_every"):
+            _check(getattr(self, name) >= 1, name, "must be >= 1")
+        _check(self.lr > 0, "lr", "must be > 0")
+        _check(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}")
+        _check(self.warmup >= 0, "warmup", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """Ray Train workers per trial."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, "num_workers", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+
+
+# ---------------------------------------------------------------------------- study sections
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched dimension: ``{choice: [...]}``, ``{uniform: [lo, hi]}``,
+    ``{loguniform: [lo, hi]}`` or ``{int: [lo, hi]}``, optionally ``when: {key: [values]}``
+    (sampled only when an earlier searched key took one of those values)."""
+
+    kind: str
+    values: tuple
+    when: tuple[tuple[str, tuple], ...] = ()
+
+    def active(self, sampled: Mapping[str, Any]) -> bool:
+        return all(k in sampled and sampled[k] in vals for k, vals in self.when)
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "val_accuracy"
+    mode: str = "max"
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("max", "min"), "mode", "must be max or min")
+
+
+@dataclass(frozen=True)
+class Budget:
+    num_samples: int = 8
+    max_concurrent: int = 0  # 0 = as many as the cluster's CPUs/GPUs fit
+
+    def __post_init__(self) -> None:
+        _check(self.num_samples >= 1, "num_samples", "must be >= 1")
+        _check(self.max_concurrent >= 0, "max_concurrent", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """Early stopping on the training step counter (``time_attr`` = step)."""
+
+    name: str = "asha"  # asha | none
+    grace_period: int = 100  # steps before a trial may be stopped
+    reduction_factor: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.name in ("asha", "none"), "name", "must be asha or none")
+        _check(self.grace_period >= 1, "grace_period", "must be >= 1")
+        _check(self.reduction_factor >= 2, "reduction_factor", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    config: Config
+    search: dict[str, Param]
+    objective: Objective = field(default_factory=Objective)
+    budget: Budget = field(default_factory=Budget)
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    seed: int = 0  # the searcher's seed
+    source: str = "<dict>"
+
+
+STUDY_KEYS = ("name", "config", "search", "objective", "budget", "scheduler", "seed", "smoke")
+
+
+# ---------------------------------------------------------------------------- validation helpers
+
+
+class _FieldError(ValueError):
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field_name = field_name
+
+
+def _check(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise _FieldError(field_name, message)
+
+
+class _Where:
+    """Maps dotted keys to 'file:line' for error messages."""
+
+    def __init__(self, source: str, lines: Mapping[str, int] | None = None) -> None:
+        self.source = source
+        self.lines = dict(lines or {})
+
+    def __call__(self, dotted: str) -> str:
+        parts = dotted.split(".")
+        for n in range(len(parts), 0, -1):
+            line = self.lines.get(".".join(parts[:n]))
+            if line is not None:
+                return f"{self.source}:{line}"
+        return self.source
+
+
+def _unknown(where: _Where, dotted: str, key: str, valid: typing.Iterable[str]) -> ConfigError:
+    valid = list(valid)
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(
+        f"{where(dotted)}: unknown key {dotted!r}{hint}; valid keys here: {', '.join(valid)}"
+    )
+
+
+def _coerce(value: Any, tp: Any, dotted: str, where: _Where) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints widen to float, '1e-3' parses."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{where(dotted)}: {dotted} = {value!r} is not a valid {_type_name(tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise bad
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(v, vt, f"{dotted}.{k}", where) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, dotted, where)
+            except ConfigError:
+                pass
+        raise bad
+    raise TypeError(f"unsupported annotation {tp}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, data: Any, prefix: str, where: _Where) -> Any:
+    """Construct dataclass ``cls`` from a mapping, strictly."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where(prefix)}: {prefix or 'the file'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise _unknown(where, dotted, str(key), fields)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, dotted, where)
+        else:
+            kwargs[key] = _coerce(value, tp, dotted, where)
+    try:
+        return cls(**kwargs)
+    except _FieldError as e:
+        dotted = f"{prefix}.{e.field_name}" if prefix else e.field_name
+        raise ConfigError(f"{where(dotted)}: {dotted}: {e}") from None
+
+
+# ---------------------------------------------------------------------------- dotted names
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Config -> {'task.name': ..., 'kernel.num_features': ...} (dict fields stay whole)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def config_keys() -> list[str]:
+    return list(flatten(Config()))
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Config:
+    return _build(Config, data, "", _Where(source))
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{'a.b': 1} -> {'a': {'b': 1}}."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *head, last = key.split(".")
+        node = out
+        for part in head:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def with_overrides(
+    cfg: Config, overrides: Mapping[str, Any], where: _Where | None = None
+) -> Config:
+    """A copy of ``cfg`` with dotted keys replaced (validated as if written in the file)."""
+    where = where or _Where("<override>")
+    valid = config_keys()
+    for key in overrides:
+        if key not in valid:
+            raise _unknown(where, key, key, valid)
+    merged = nest({**flatten(cfg), **overrides})
+    return _build(Config, merged, "", where)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set key=value`` value, read as YAML (numbers, booleans, lists)."""
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+# ---------------------------------------------------------------------------- YAML with lines
+
+
+def _load_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
+    """Parse YAML keeping the line of every mapping key (dotted path -> line); reject duplicates."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    lines: dict[str, int] = {}
+
+    def walk(n: yaml.Node, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            seen = set()
+            for k, v in n.value:
+                key = f"{prefix}.{k.value}" if prefix else str(k.value)
+                if key in seen:
+                    raise ConfigError(f"{source}:{k.start_mark.line + 1}: duplicate key {key!r}")
+                seen.add(key)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+
+    if node is None:
+        return {}, lines
+    walk(node, "")
+    return yaml.safe_load(text), lines
+
+
+def _parse_param(
+    key: str, spec: Any, earlier: Mapping[str, Any], base: Config, where: _Where
+) -> Param:
+    dotted = f"search.{key}"
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            f"{where(dotted)}: search.{key} must be a mapping such as {{choice: [a, b]}}; "
+            f"valid distributions: {', '.join(DISTRIBUTIONS)}"
+        )
+    kinds = [k for k in spec if k != "when"]
+    for k in kinds:
+        if k not in DISTRIBUTIONS:
+            raise _unknown(where, f"{dotted}.{k}", k, (*DISTRIBUTIONS, "when"))
+    if len(kinds) != 1:
+        raise ConfigError(f"{where(dotted)}: {dotted} needs exactly one of {', '.join(DISTRIBUTIONS)}")
+    kind = kinds[0]
+    values = spec[kind]
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where(dotted)}: {dotted}.{kind} must be a non-empty list")
+    if kind != "choice" and len(values) != 2:
+        raise ConfigError(f"{where(dotted)}: {dotted}.{kind} must be [low, high]")
+    # every value must make a valid config on its own
+    checked = []
+    vwhere = _Where(where.source, {key: where.lines.get(dotted)})
+    for v in values:
+        cfg = with_overrides(base, {key: v}, vwhere)
+        checked.append(flatten(cfg)[key])
+    if kind != "choice" and not checked[0] < checked[1]:
+        raise ConfigError(f"{where(dotted)}: {dotted}.{kind} needs low < high, got {values}")
+    when = spec.get("when", {})
+    if not isinstance(when, Mapping):
+        raise ConfigError(f"{where(dotted)}: {dotted}.when must be a mapping {{key: [values]}}")
+    conds = []
+    for ck, cv in when.items():
+        if ck not in earlier:
+            raise ConfigError(
+                f"{where(f'{dotted}.when.{ck}')}: {dotted}.when refers to {ck!r}, which is not a "
+                f"searched key defined above it; searched so far: {', '.join(earlier) or 'none'}"
+            )
+        conds.append((ck, tuple(cv if isinstance(cv, list) else [cv])))
+    return Param(kind, tuple(checked), tuple(conds))
+
+
+def study_from_dict(
+    data: Any,
+    source: str = "<dict>",
+    lines: Mapping[str, int] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    smoke: bool = False,
+) -> Study:
+    """Validate a study mapping. ``overrides`` are dotted keys (config keys, or
+    objective./budget./scheduler./seed/name); a searched config key that is overridden is
+    fixed and leaves the search. ``smoke`` applies the file's ``smoke:`` overrides first."""
+    where = _Where(source, lines)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: a study file must be a mapping with keys {', '.join(STUDY_KEYS)}")
+    for key in data:
+        if key not in STUDY_KEYS:
+            raise _unknown(where, str(key), str(key), STUDY_KEYS)
+    if "name" not in data:
+        raise ConfigError(f"{source}: missing key 'name' (the study's name)")
+    smoke_set = dict(data.get("smoke") or {}) if smoke else {}
+    all_over = {**smoke_set, **dict(overrides or {})}
+    sections = {k: dict(data.get(k) or {}) for k in ("objective", "budget", "scheduler")}
+    top = {"name": data["name"], "seed": data.get("seed", 0)}
+    cfg_over = {}
+    valid_over = [*config_keys(), "name", "seed"] + [
+        f"{s}.{f.name}" for s, cls in (("objective", Objective), ("budget", Budget),
+                                       ("scheduler", Scheduler)) for f in dataclasses.fields(cls)
+    ]
+    for key, value in all_over.items():
+        head, _, rest = key.partition(".")
+        if key in ("name", "seed"):
+            top[key] = value
+        elif head in sections and rest:
+            sections[head][rest] = value
+        elif key in config_keys():
+            cfg_over[key] = value
+        else:
+            raise _unknown(_Where("--set" if key in (overrides or {}) else f"{source} smoke"),
+                           key, key, valid_over)
+    base = _build(Config, data.get("config") or {}, "config", where)
+    lines_cfg = {k.removeprefix("config."): v for k, v in where.lines.items()}
+    base = with_overrides(base, cfg_over, _Where(source, lines_cfg))
+    search_raw = data.get("search") or {}
+    if not isinstance(search_raw, Mapping):
+        raise ConfigError(f"{where('search')}: search must be a mapping of dotted keys")
+    search: dict[str, Param] = {}
+    valid = config_keys()
+    for key, spec in search_raw.items():
+        if key not in valid:
+            raise _unknown(where, f"search.{key}", str(key), valid)
+        if key in cfg_over:
+            continue  # fixed by an override
+        search[key] = _parse_param(key, spec, {**search, **cfg_over}, base, where)
+    # conditions on a key fixed by an override are resolved against the fixed value
+    fixed = flatten(base)
+    resolved = {}
+    for key, p in search.items():
+        conds = tuple((k, v) for k, v in p.when if k in search)
+        if all(fixed[k] in v for k, v in p.when if k not in search):
+            resolved[key] = Param(p.kind, p.values, conds)
+    try:
+        study = Study(
+            name=_coerce(top["name"], str, "name", where),
+            config=base,
+            search=resolved,
+            objective=_build(Objective, sections["objective"], "objective", where),
+            budget=_build(Budget, sections["budget"], "budget", where),
+            scheduler=_build(Scheduler, sections["scheduler"], "scheduler", where),
+            seed=_coerce(top["seed"], int, "seed", where),
+            source=source,
+        )
+    except _FieldError as e:  # pragma: no cover - sections raise ConfigError already
+        raise ConfigError(f"{source}: {e}") from None
+    return study
+
+
+def load_study(
+    path: str | Path, overrides: Mapping[str, Any] | None = None, smoke: bool = False
+) -> Study:
+    """Read and validate a study file (see search_spaces/quickstart.yaml for the format)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such study file")
+    data, lines = _load_yaml(path.read_text(), str(path))
+    return study_from_dict(data, str(path), lines, overrides, smoke)

@@ -1,0 +1,51 @@
+"""Kernel registry: name -> feature-map class (one file per family).
+
+Adding a kernel = one file + one line here; tests parametrise over ``KERNELS``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from lk_study.kernels.base import FeatureMap
+from lk_study.kernels.gmm import GMMPRF, GMMRKS
+from lk_study.kernels.prf import PRF
+from lk_study.kernels.softmax import Softmax
+
+KERNELS: dict[str, type[FeatureMap]] = {
+    "softmax": Softmax,
+    "prf": PRF,
+    "gmm_rks": GMMRKS,
+    "gmm_prf": GMMPRF,
+}
+
+
+def family_params(name: str) -> tuple[str, ...]:
+    """The keyword parameters a family accepts beyond head_dim, num_heads, num_features."""
+    cls = kernel_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    return tuple(p for p in params if p not in ("self", "head_dim", "num_heads", "num_features"))
+
+
+def kernel_class(name: str) -> type[FeatureMap]:
+    try:
+        return KERNELS[name]
+    except KeyError:
+        raise ValueError(f"unknown kernel {name!r}; valid kernels: {', '.join(KERNELS)}") from None
+
+
+def build_kernel(
+    name: str, head_dim: int, num_heads: int, num_features: int = 256, **family: object
+) -> FeatureMap:
+    """Build a registry entry; unknown names or parameters raise ValueError listing the valid ones."""
+    cls = kernel_class(name)
+    valid = family_params(name)
+    unknown = sorted(set(family) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"kernel {name!r} does not take {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}"
+        )
+    return cls(head_dim, num_heads, num_features, **family)
+
+
+__all__ = ["KERNELS", "FeatureMap", "build_kernel", "family_params", "kernel_class"]

@@ -1,0 +1,218 @@
+"""The one training loop, for every task and kernel, run by each Ray Train worker.
+
+``train_loop_per_worker(config)`` is what ``TorchTrainer`` runs; it calls ``fit`` with Ray's
+context (rank, device, checkpoint, report). ``fit`` is plain PyTorch: AdamW, the LRA rsqrt
+(or linear) schedule, gradient clipping, bf16 autocast on GPU, evaluation every
+``train.eval_every`` steps, and at each evaluation one report (+ a checkpoint from rank 0).
+Resuming from a checkpoint restores model, optimiser, schedule, step, random-feature draw and
+data order, so a restarted run continues as if never interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from lk_study.config import Config, TrainConfig, config_from_dict, to_dict
+from lk_study.kernels import build_kernel, family_params
+from lk_study.models import Encoder, EncoderClassifier
+from lk_study.tasks import get_task, prepare, read_split
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def build_model(cfg: Config) -> EncoderClassifier:
+    """The classifier for ``cfg``: encoder sized by cfg.model, kernel from the registry."""
+    task = get_task(cfg.task.name)
+    m, k = cfg.model, cfg.kernel
+    family = {p: getattr(k, p) for p in family_params(k.name) if hasattr(k, p)}
+    make_kernel = functools.partial(
+        build_kernel, k.name, m.d_model // m.num_heads, m.num_heads, k.num_features, **family
+    )
+    encoder = Encoder(
+        task.vocab_size(cfg.task), task.max_len(cfg.task), m.d_model, m.num_layers,
+        m.num_heads, m.d_ff, m.dropout, make_kernel,
+    )
+    return EncoderClassifier(encoder, task.num_classes, m.dropout)
+
+
+def lr_factor(t: TrainConfig, step: int) -> float:
+    """Multiplier of ``t.lr`` at ``step`` (see TrainConfig for the formulas)."""
+    w = max(t.warmup, 1)
+    if t.schedule == "constant":
+        return min(1.0, (step + 1) / w)
+    if t.schedule == "rsqrt":
+        return min(1.0, (step + 1) / w) * math.sqrt(w / max(step + 1, w))
+    return max(0.0, min((step + 1) / w, (t.max_steps - step) / max(t.max_steps - w, 1)))
+
+
+def batches(n: int, batch: int, seed: int, start_step: int):
+    """Yield index arrays forever: a fresh permutation per epoch (seeded by (seed, epoch)),
+    dropping the last partial batch; starts at ``start_step`` so resumed runs see the same data."""
+    per_epoch = max(n // batch, 1)
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, per_epoch)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        for i in range(offset, per_epoch):
+            yield step, perm[i * batch : (i + 1) * batch]
+            step += 1
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def evaluate(model, ids: torch.Tensor, labels: torch.Tensor, batch: int, device, amp: bool) -> dict:
+    """Loss and accuracy over this worker's shard, summed over all workers."""
+    model.eval()
+    loss_sum, correct = 0.0, 0.0
+    for i in range(0, len(ids), batch):
+        x, y = ids[i : i + batch].to(device), labels[i : i + batch].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss_sum += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+    model.train()
+    loss_sum, correct, count = _all_sum([loss_sum, correct, float(len(ids))], device)
+    return {"val_loss": loss_sum / max(count, 1), "val_accuracy": correct / max(count, 1)}
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+Report = Callable[[dict[str, Any], "dict | None"], None]
+
+
+def fit(
+    cfg: Config,
+    report: Report,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | None = None,
+    state: dict | None = None,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+) -> None:
+    """Train ``cfg`` and call ``report(metrics, state_or_None)`` at each evaluation.
+
+    ``state`` (from a previous report) resumes the run; ``wrap`` is e.g. Ray's prepare_model.
+    """
+    device = device or torch.device("cpu")
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    paths = prepare(cfg.task)  # cached; generated once per machine under a file lock
+    tr_ids, tr_labels = (torch.from_numpy(a).long() for a in read_split(paths["train"], rank, world_size))
+    va_ids, va_labels = (torch.from_numpy(a).long() for a in read_split(paths["validation"], rank, world_size))
+    local_batch = max(t.batch_size // world_size, 1)
+
+    core = build_model(cfg).to(device)
+    num_params = sum(p.numel() for p in core.parameters())
+    optim = torch.optim.AdamW(
+        core.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, functools.partial(lr_factor, t))
+    start, elapsed = 0, 0.0
+    if state is not None:
+        core.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        start, elapsed = state["step"], state["seconds"]
+    redraw = cfg.kernel.redraw
+    core.encoder.resample_kernels(t.seed, start // redraw if redraw else 0)
+    model = wrap(core)
+    amp = device.type == "cuda"
+    steps_per_epoch = max(len(tr_ids) // local_batch, 1)
+
+    t0, tokens, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+    last_report = t0
+    for step, idx in batches(len(tr_ids), local_batch, t.seed + 7919 * rank, start):
+        if step >= t.max_steps:
+            break
+        if redraw and step % redraw == 0 and step > start:
+            core.encoder.resample_kernels(t.seed, step // redraw)
+        x, y = tr_ids[idx].to(device), tr_labels[idx].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = core.loss(model(x).float(), y)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(core.parameters(), t.grad_clip)
+        optim.step()
+        sched.step()
+        loss_sum, loss_n, tokens = loss_sum + loss.item(), loss_n + 1, tokens + x.numel()
+        done = step + 1
+        if done % t.eval_every == 0 or done == t.max_steps:
+            metrics = evaluate(model, va_ids, va_labels, local_batch * 4, device, amp)
+            now = time.perf_counter()
+            train_loss, n, tok = _all_sum([loss_sum, float(loss_n), float(tokens)], device)
+            metrics.update(
+                step=done,
+                epoch=done / steps_per_epoch,
+                train_loss=train_loss / max(n, 1),
+                tokens_per_s=tok / max(now - last_report, 1e-9),
+                seconds=elapsed + now - t0,
+                lr=sched.get_last_lr()[0],
+                peak_mem_mib=peak_memory_mib(device),
+                num_params=num_params,
+            )
+            snapshot = None
+            if rank == 0:
+                snapshot = {
+                    "model": core.state_dict(), "optim": optim.state_dict(),
+                    "sched": sched.state_dict(), "step": done, "seconds": metrics["seconds"],
+                    "config": to_dict(cfg),
+                }
+            report(metrics, snapshot)
+            loss_sum, loss_n, tokens, last_report = 0.0, 0, 0, time.perf_counter()
+
+
+# ---------------------------------------------------------------------------- Ray Train
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Entry point of every Ray Train worker; ``config`` = {"config": Config as a dict}."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(config["config"])
+    ctx = ray.train.get_context()
+    cpus = cfg.scaling.resources_per_worker.get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+    state = None
+    ckpt = ray.train.get_checkpoint()  # (1) resume if Ray restarted us
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, weights_only=False)
+
+    def report(metrics: dict, snapshot: dict | None) -> None:
+        # (2) every rank reports (a barrier); only rank 0 attaches a checkpoint
+        if snapshot is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(snapshot, os.path.join(d, CHECKPOINT_FILE))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    fit(
+        cfg, report, rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
+        device=ray.train.torch.get_device(), state=state,
+        wrap=ray.train.torch.prepare_model,  # (3) DDP when world_size > 1
+    )

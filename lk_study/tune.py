@@ -1,0 +1,196 @@
+"""The study driver: a study file -> Ray Tune (OptunaSearch + ASHA) over Ray Train trials.
+
+Each Tune trial is a light *driver* function (0.1 CPU) that builds a ``TorchTrainer`` for its
+config and calls ``fit()``; the Train workers hold the real resources. Metrics flow
+Train rank 0 -> ``TuneReportCallback`` -> Tune -> searcher and scheduler
+(shared/notes/ray.md has the verified facts behind this shape).
+
+Storage layout (a local folder or an s3:// / gs:// URI):
+    STORAGE/STUDY/                Tune experiment (trial folders, searcher state)
+    STORAGE/STUDY/lk_study.json   the study as run (base config, search space, objective)
+    STORAGE/STUDY/train_runs/     Ray Train runs, one per trial (checkpoints)
+    STORAGE/STUDY/trials.parquet  one row per trial, written when the study ends
+Running the same study on the same storage again resumes it; finished trials are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import optuna
+import ray
+import ray.train
+from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from lk_study import analysis
+from lk_study.config import ConfigError, Param, Study, config_from_dict, flatten, to_dict, with_overrides
+from lk_study.train import train_loop_per_worker
+
+DRIVER_CPU = 0.1
+DEFAULT_STORAGE = "lk_results"
+
+
+def define_by_run(search: dict[str, Param]):
+    """The Optuna define-by-run space: only ``trial.suggest_*`` calls, conditionals honoured."""
+
+    def space(trial: optuna.Trial) -> None:
+        sampled: dict[str, Any] = {}
+        for key, p in search.items():
+            if not p.active(sampled):
+                continue
+            if p.kind == "choice":
+                sampled[key] = trial.suggest_categorical(key, list(p.values))
+            elif p.kind == "int":
+                sampled[key] = trial.suggest_int(key, *p.values)
+            else:
+                sampled[key] = trial.suggest_float(key, *p.values, log=p.kind == "loguniform")
+
+    return space
+
+
+def trial_driver(params: dict, base: dict, train_storage: str) -> None:
+    """One Tune trial: run Ray Train on the base config with this trial's parameters."""
+    cfg = with_overrides(config_from_dict(base), params)
+    trial_id = tune.get_context().get_trial_id()
+    s = cfg.scaling
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(cfg)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=dict(s.resources_per_worker)
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",  # a restored trial resumes from its own checkpoints
+            storage_path=train_storage,
+            callbacks=[TuneReportCallback()],  # (1) Train rank 0 metrics -> Tune
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=2),
+        ),
+    )
+    trainer.fit()
+
+
+def trial_resources(study: Study) -> tuple[float, float]:
+    """(CPUs, GPUs) one trial needs: its Train workers plus the driver."""
+    s = study.config.scaling
+    per = dict(s.resources_per_worker)
+    cpu = s.num_workers * per.get("CPU", 1.0) + DRIVER_CPU
+    gpu = s.num_workers * per.get("GPU", 1.0) if s.use_gpu else 0.0
+    return cpu, gpu
+
+
+def concurrency(study: Study, cluster: dict[str, float]) -> int:
+    """Trials that fit at once: the budget's max_concurrent, else what the cluster holds."""
+    if study.budget.max_concurrent:
+        return study.budget.max_concurrent
+    cpu, gpu = trial_resources(study)
+    fit = math.floor(cluster.get("CPU", 1.0) / cpu + 1e-9)
+    if gpu:
+        fit = min(fit, math.floor(cluster.get("GPU", 0.0) / gpu + 1e-9))
+    if fit < 1:
+        raise ConfigError(
+            f"{study.source}: one trial needs {cpu:g} CPU and {gpu:g} GPU but the cluster has "
+            f"{cluster.get('CPU', 0):g} CPU and {cluster.get('GPU', 0):g} GPU; lower "
+            "scaling.num_workers or scaling.resources_per_worker"
+        )
+    return fit
+
+
+def storage_uri(storage: str | None) -> str:
+    """An absolute path or a URI for Ray's storage."""
+    storage = storage or os.environ.get("LK_STUDY_STORAGE") or DEFAULT_STORAGE
+    return storage if "://" in storage else os.path.abspath(storage)
+
+
+def ensure_ray() -> None:
+    """Start an embedded Ray (or attach to RAY_ADDRESS / the job's cluster); check State API."""
+    if not ray.is_initialized():
+        ray.init(logging_level="WARNING")
+    try:
+        from ray.util.state import list_nodes
+
+        list_nodes(limit=1)
+    except Exception as e:  # the State API is served by the dashboard
+        raise RuntimeError(
+            "Ray's State API is unavailable, so early-stopped trials would leak their workers. "
+            "Install ray[default] (pip install 'ray[default,tune,train]==2.60.0') and do not "
+            f"disable the dashboard. Cause: {e}"
+        ) from e
+
+
+def study_record(study: Study) -> dict:
+    return {
+        "name": study.name,
+        "source": study.source,
+        "objective": to_dict(study.objective),
+        "config": flatten(study.config),
+        "search": {k: to_dict(p) for k, p in study.search.items()},
+    }
+
+
+def run_study(study: Study, storage: str | None = None) -> str:
+    """Run (or resume) ``study``; returns the experiment path. Prints the leaderboard."""
+    root = storage_uri(storage)
+    exp_path = f"{root.rstrip('/')}/{study.name}"
+    record = study_record(study)
+    previous = analysis.read_json(exp_path, analysis.STUDY_FILE)
+    if previous is not None and json.loads(json.dumps(previous)) != json.loads(json.dumps(record)):
+        raise ConfigError(
+            f"{exp_path} holds a different study named {study.name!r} (its config or search "
+            "space differ); pass another --storage or rename the study, so its trials are kept"
+        )
+    ensure_ray()
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, base=to_dict(study.config), train_storage=f"{exp_path}/train_runs"),
+        {"CPU": DRIVER_CPU},
+    )
+    if tune.Tuner.can_restore(exp_path):
+        print(f"Resuming study {study.name!r} from {exp_path}")
+        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        analysis.write_json(exp_path, analysis.STUDY_FILE, record)
+        obj = study.objective
+        searcher = OptunaSearch(
+            define_by_run(study.search),
+            metric=obj.metric,
+            mode=obj.mode,
+            sampler=optuna.samplers.TPESampler(seed=study.seed, group=True),
+        )
+        n = concurrency(study, ray.cluster_resources())
+        sch = study.scheduler
+        if sch.name == "asha":
+            scheduler = ASHAScheduler(
+                time_attr="step",  # our own counter: survives restores, unlike training_iteration
+                max_t=study.config.train.max_steps,
+                grace_period=min(sch.grace_period, study.config.train.max_steps),
+                reduction_factor=sch.reduction_factor,
+            )
+        else:
+            scheduler = FIFOScheduler()
+        print(f"Study {study.name!r}: {study.budget.num_samples} trials, {n} at a time, storage {exp_path}")
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                metric=obj.metric,
+                mode=obj.mode,
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=n),
+                scheduler=scheduler,
+                num_samples=study.budget.num_samples,
+            ),
+            run_config=tune.RunConfig(name=study.name, storage_path=root),
+        )
+    tuner.fit()
+    table = analysis.load_study(exp_path)
+    out = analysis.write_trials(table.trials, exp_path)
+    print()
+    print(analysis.format_leaderboard(table))
+    print(f"\nResults table: {out}")
+    return exp_path
