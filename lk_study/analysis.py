@@ -21,11 +21,35 @@ import pyarrow.fs as pafs
 
 STUDY_FILE = "lk_study.json"
 TRIALS_FILE = "trials.parquet"
-METRICS = ("step", "epoch", "train_loss", "val_loss", "val_accuracy", "tokens_per_s", "seconds",
-           "lr", "peak_mem_mib", "num_params")
-_TUNE_META = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
-              "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "config",
-              "time_since_restore", "iterations_since_restore", "checkpoint_path"}
+METRICS = (
+    "step",
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "tokens_per_s",
+    "seconds",
+    "lr",
+    "peak_mem_mib",
+    "num_params",
+)
+_TUNE_META = {
+    "timestamp",
+    "checkpoint_dir_name",
+    "done",
+    "training_iteration",
+    "trial_id",
+    "date",
+    "time_this_iter_s",
+    "time_total_s",
+    "pid",
+    "hostname",
+    "node_ip",
+    "config",
+    "time_since_restore",
+    "iterations_since_restore",
+    "checkpoint_path",
+}
 
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -69,8 +93,11 @@ class StudyResults:
         col = f"best.{self.objective['metric']}"
         if self.trials.empty or col not in self.trials:
             return self.trials
-        return self.trials.sort_values(col, ascending=self.objective["mode"] == "min",
-                                       na_position="last").reset_index(drop=True)
+        keys = [col] + (["seconds"] if "seconds" in self.trials else [])
+        ascending = [self.objective["mode"] == "min", True][: len(keys)]
+        return self.trials.sort_values(keys, ascending=ascending, na_position="last").reset_index(
+            drop=True
+        )
 
 
 def _statuses(uri: str) -> dict[str, str]:
@@ -114,6 +141,7 @@ def load_study(path: str) -> StudyResults:
         tid = reports[-1]["trial_id"] if reports else info.base_name.split("_")[2]
         row: dict[str, Any] = {"trial_id": tid, "status": statuses.get(tid, "PENDING")}
         row.update(base)
+        row.update({k: None for k in meta.get("search", {})})  # inactive conditionals: NaN
         row.update(params)
         last = reports[-1] if reports else {}
         for key, value in last.items():
@@ -153,7 +181,9 @@ def format_leaderboard(results: StudyResults, top: int = 20) -> str:
     cols = [c for c in dict.fromkeys(cols) if c in board]
     shown = board[cols].head(top).copy()
     for c in shown.select_dtypes("float").columns:
-        shown[c] = shown[c].map(lambda v: "" if isinstance(v, float) and math.isnan(v) else f"{v:.4g}")
+        shown[c] = shown[c].map(
+            lambda v: "" if isinstance(v, float) and math.isnan(v) else f"{v:.4g}"
+        )
     return f"Leaderboard ({obj}, {results.objective['mode']}):\n" + shown.to_string(index=False)
 
 

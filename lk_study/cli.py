@@ -1,8 +1,8 @@
 """``lk-study``: run studies, read their results, list kernels.
 
-    lk-study tune STUDY.yaml [--storage PATH_OR_URI] [--set key=value ...] [--smoke] [--dry-run]
-    lk-study results PATH [--out FILE.parquet|FILE.csv]
-    lk-study kernels
+lk-study tune STUDY.yaml [--storage PATH_OR_URI] [--set key=value ...] [--smoke] [--dry-run]
+lk-study results PATH [--out FILE.parquet|FILE.csv]
+lk-study kernels
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.smoke:
         study = study.__class__(**{**study.__dict__, "name": f"{study.name}-smoke"})
     if args.dry_run:
-        print(f"Study {study.name!r} from {study.source}: {study.budget.num_samples} trials, "
-              f"objective {study.objective.metric} ({study.objective.mode})")
+        print(
+            f"Study {study.name!r} from {study.source}: {study.budget.num_samples} trials, "
+            f"objective {study.objective.metric} ({study.objective.mode})"
+        )
         for key, p in study.search.items():
             cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when) if p.when else ""
             print(f"  {key}: {p.kind} {list(p.values)}{cond}")
@@ -42,7 +44,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from lk_study.analysis import format_leaderboard, load_study as load_results
+    from lk_study.analysis import format_leaderboard
+    from lk_study.analysis import load_study as load_results
 
     results = load_results(args.path)
     print(format_leaderboard(results, top=args.top))
@@ -73,11 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("tune", help="run (or resume) a study file on Ray Tune + Train")
     p.add_argument("study", help="study YAML, e.g. search_spaces/quickstart.yaml")
     p.add_argument("--storage", help="results folder or s3:// / gs:// URI (default ./lk_results)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a dotted key (config, objective.*, budget.*, scheduler.*); "
-                        "a searched key becomes fixed")
-    p.add_argument("--smoke", action="store_true", help="apply the file's smoke: overrides (about a minute)")
-    p.add_argument("--dry-run", action="store_true", help="print the compiled search space, start nothing")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dotted key (config, objective.*, budget.*, scheduler.*); "
+        "a searched key becomes fixed",
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="apply the file's smoke: overrides (about a minute)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the compiled search space, start nothing"
+    )
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("results", help="print a study's leaderboard; write its trials table")
     p.add_argument("path", help="the study folder, e.g. lk_results/quickstart")

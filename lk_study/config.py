@@ -77,7 +77,11 @@ class KernelConfig:
     redraw: int = 0  # redraw random features every N training steps; 0 = one fixed draw
 
     def __post_init__(self) -> None:
-        _check(self.name in KERNELS, "name", f"unknown kernel {self.name!r}; valid: {', '.join(KERNELS)}")
+        _check(
+            self.name in KERNELS,
+            "name",
+            f"unknown kernel {self.name!r}; valid: {', '.join(KERNELS)}",
+        )
         _check(self.num_features >= 1, "num_features", "must be >= 1")
         _check(self.num_components >= 1, "num_components", "must be >= 1")
         _check(self.covariance in ("diag", "full"), "covariance", "must be diag or full")
@@ -294,7 +298,9 @@ def _build(cls: type, data: Any, prefix: str, where: _Where) -> Any:
     if isinstance(data, cls):
         return data
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where(prefix)}: {prefix or 'the file'} must be a mapping, got {data!r}")
+        raise ConfigError(
+            f"{where(prefix)}: {prefix or 'the file'} must be a mapping, got {data!r}"
+        )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -414,7 +420,9 @@ def _parse_param(
         if k not in DISTRIBUTIONS:
             raise _unknown(where, f"{dotted}.{k}", k, (*DISTRIBUTIONS, "when"))
     if len(kinds) != 1:
-        raise ConfigError(f"{where(dotted)}: {dotted} needs exactly one of {', '.join(DISTRIBUTIONS)}")
+        raise ConfigError(
+            f"{where(dotted)}: {dotted} needs exactly one of {', '.join(DISTRIBUTIONS)}"
+        )
     kind = kinds[0]
     values = spec[kind]
     if not isinstance(values, list) or not values:
@@ -455,7 +463,9 @@ def study_from_dict(
     fixed and leaves the search. ``smoke`` applies the file's ``smoke:`` overrides first."""
     where = _Where(source, lines)
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: a study file must be a mapping with keys {', '.join(STUDY_KEYS)}")
+        raise ConfigError(
+            f"{source}: a study file must be a mapping with keys {', '.join(STUDY_KEYS)}"
+        )
     for key in data:
         if key not in STUDY_KEYS:
             raise _unknown(where, str(key), str(key), STUDY_KEYS)
@@ -467,8 +477,9 @@ def study_from_dict(
     top = {"name": data["name"], "seed": data.get("seed", 0)}
     cfg_over = {}
     valid_over = [*config_keys(), "name", "seed"] + [
-        f"{s}.{f.name}" for s, cls in (("objective", Objective), ("budget", Budget),
-                                       ("scheduler", Scheduler)) for f in dataclasses.fields(cls)
+        f"{s}.{f.name}"
+        for s, cls in (("objective", Objective), ("budget", Budget), ("scheduler", Scheduler))
+        for f in dataclasses.fields(cls)
     ]
     for key, value in all_over.items():
         head, _, rest = key.partition(".")
@@ -479,8 +490,12 @@ def study_from_dict(
         elif key in config_keys():
             cfg_over[key] = value
         else:
-            raise _unknown(_Where("--set" if key in (overrides or {}) else f"{source} smoke"),
-                           key, key, valid_over)
+            raise _unknown(
+                _Where("--set" if key in (overrides or {}) else f"{source} smoke"),
+                key,
+                key,
+                valid_over,
+            )
     base = _build(Config, data.get("config") or {}, "config", where)
     lines_cfg = {k.removeprefix("config."): v for k, v in where.lines.items()}
     base = with_overrides(base, cfg_over, _Where(source, lines_cfg))

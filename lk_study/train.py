@@ -41,8 +41,14 @@ def build_model(cfg: Config) -> EncoderClassifier:
         build_kernel, k.name, m.d_model // m.num_heads, m.num_heads, k.num_features, **family
     )
     encoder = Encoder(
-        task.vocab_size(cfg.task), task.max_len(cfg.task), m.d_model, m.num_layers,
-        m.num_heads, m.d_ff, m.dropout, make_kernel,
+        task.vocab_size(cfg.task),
+        task.max_len(cfg.task),
+        m.d_model,
+        m.num_layers,
+        m.num_heads,
+        m.d_ff,
+        m.dropout,
+        make_kernel,
     )
     return EncoderClassifier(encoder, task.num_classes, m.dropout)
 
@@ -119,14 +125,22 @@ def fit(
     t = cfg.train
     torch.manual_seed(t.seed)
     paths = prepare(cfg.task)  # cached; generated once per machine under a file lock
-    tr_ids, tr_labels = (torch.from_numpy(a).long() for a in read_split(paths["train"], rank, world_size))
-    va_ids, va_labels = (torch.from_numpy(a).long() for a in read_split(paths["validation"], rank, world_size))
+    tr_ids, tr_labels = (
+        torch.from_numpy(a).long() for a in read_split(paths["train"], rank, world_size)
+    )
+    va_ids, va_labels = (
+        torch.from_numpy(a).long() for a in read_split(paths["validation"], rank, world_size)
+    )
     local_batch = max(t.batch_size // world_size, 1)
 
     core = build_model(cfg).to(device)
     num_params = sum(p.numel() for p in core.parameters())
     optim = torch.optim.AdamW(
-        core.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps, weight_decay=t.weight_decay
+        core.parameters(),
+        lr=t.lr,
+        betas=(t.beta1, t.beta2),
+        eps=t.adam_eps,
+        weight_decay=t.weight_decay,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(optim, functools.partial(lr_factor, t))
     start, elapsed = 0, 0.0
@@ -176,8 +190,11 @@ def fit(
             snapshot = None
             if rank == 0:
                 snapshot = {
-                    "model": core.state_dict(), "optim": optim.state_dict(),
-                    "sched": sched.state_dict(), "step": done, "seconds": metrics["seconds"],
+                    "model": core.state_dict(),
+                    "optim": optim.state_dict(),
+                    "sched": sched.state_dict(),
+                    "step": done,
+                    "seconds": metrics["seconds"],
                     "config": to_dict(cfg),
                 }
             report(metrics, snapshot)
@@ -212,7 +229,11 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     fit(
-        cfg, report, rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
-        device=ray.train.torch.get_device(), state=state,
+        cfg,
+        report,
+        rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
+        state=state,
         wrap=ray.train.torch.prepare_model,  # (3) DDP when world_size > 1
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from typing import Any
 
 import optuna
@@ -31,19 +32,31 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from lk_study import analysis
-from lk_study.config import ConfigError, Param, Study, config_from_dict, flatten, to_dict, with_overrides
+from lk_study.config import (
+    ConfigError,
+    Param,
+    Study,
+    config_from_dict,
+    flatten,
+    to_dict,
+    with_overrides,
+)
 from lk_study.train import train_loop_per_worker
 
 DRIVER_CPU = 0.1
 DEFAULT_STORAGE = "lk_results"
 
 
-def define_by_run(search: dict[str, Param]):
-    """The Optuna define-by-run space: only ``trial.suggest_*`` calls, conditionals honoured."""
+class DefineByRun:
+    """The Optuna define-by-run space: only ``trial.suggest_*`` calls, conditionals honoured.
+    A class, not a closure, so Tune can pickle the searcher into its experiment checkpoint."""
 
-    def space(trial: optuna.Trial) -> None:
+    def __init__(self, search: dict[str, Param]) -> None:
+        self.search = search
+
+    def __call__(self, trial: optuna.Trial) -> None:
         sampled: dict[str, Any] = {}
-        for key, p in search.items():
+        for key, p in self.search.items():
             if not p.active(sampled):
                 continue
             if p.kind == "choice":
@@ -53,7 +66,13 @@ def define_by_run(search: dict[str, Param]):
             else:
                 sampled[key] = trial.suggest_float(key, *p.values, log=p.kind == "loguniform")
 
-    return space
+
+def tpe_sampler(seed: int) -> optuna.samplers.TPESampler:
+    """Multivariate TPE that models conditional parameters jointly (Optuna 5's default
+    samples them independently); ``group`` is marked experimental, which we accept."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
 def trial_driver(params: dict, base: dict, train_storage: str) -> None:
@@ -65,7 +84,9 @@ def trial_driver(params: dict, base: dict, train_storage: str) -> None:
         train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg)},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=dict(s.resources_per_worker)
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker=dict(s.resources_per_worker),
         ),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",  # a restored trial resumes from its own checkpoints
@@ -110,9 +131,11 @@ def storage_uri(storage: str | None) -> str:
     return storage if "://" in storage else os.path.abspath(storage)
 
 
-def ensure_ray() -> None:
-    """Start an embedded Ray (or attach to RAY_ADDRESS / the job's cluster); check State API."""
-    if not ray.is_initialized():
+def ensure_ray() -> bool:
+    """Start an embedded Ray (or attach to RAY_ADDRESS / the job's cluster); check the State
+    API. Returns True if this call started (or attached) Ray and so should shut it down."""
+    started = not ray.is_initialized()
+    if started:
         ray.init(logging_level="WARNING")
     try:
         from ray.util.state import list_nodes
@@ -124,6 +147,7 @@ def ensure_ray() -> None:
             "Install ray[default] (pip install 'ray[default,tune,train]==2.60.0') and do not "
             f"disable the dashboard. Cause: {e}"
         ) from e
+    return started
 
 
 def study_record(study: Study) -> dict:
@@ -147,9 +171,11 @@ def run_study(study: Study, storage: str | None = None) -> str:
             f"{exp_path} holds a different study named {study.name!r} (its config or search "
             "space differ); pass another --storage or rename the study, so its trials are kept"
         )
-    ensure_ray()
+    started = ensure_ray()
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, base=to_dict(study.config), train_storage=f"{exp_path}/train_runs"),
+        tune.with_parameters(
+            trial_driver, base=to_dict(study.config), train_storage=f"{exp_path}/train_runs"
+        ),
         {"CPU": DRIVER_CPU},
     )
     if tune.Tuner.can_restore(exp_path):
@@ -159,10 +185,10 @@ def run_study(study: Study, storage: str | None = None) -> str:
         analysis.write_json(exp_path, analysis.STUDY_FILE, record)
         obj = study.objective
         searcher = OptunaSearch(
-            define_by_run(study.search),
+            DefineByRun(study.search),
             metric=obj.metric,
             mode=obj.mode,
-            sampler=optuna.samplers.TPESampler(seed=study.seed, group=True),
+            sampler=tpe_sampler(study.seed),
         )
         n = concurrency(study, ray.cluster_resources())
         sch = study.scheduler
@@ -175,7 +201,10 @@ def run_study(study: Study, storage: str | None = None) -> str:
             )
         else:
             scheduler = FIFOScheduler()
-        print(f"Study {study.name!r}: {study.budget.num_samples} trials, {n} at a time, storage {exp_path}")
+        print(
+            f"Study {study.name!r}: {study.budget.num_samples} trials, {n} at a time, "
+            f"storage {exp_path}"
+        )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -188,6 +217,8 @@ def run_study(study: Study, storage: str | None = None) -> str:
             run_config=tune.RunConfig(name=study.name, storage_path=root),
         )
     tuner.fit()
+    if started:
+        ray.shutdown()  # flush worker logs before the leaderboard
     table = analysis.load_study(exp_path)
     out = analysis.write_trials(table.trials, exp_path)
     print()

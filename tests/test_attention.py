@@ -46,4 +46,6 @@ def test_no_nan_for_large_inputs(name):
     fm = build_kernel(name, head_dim=D, num_heads=H, num_features=32)
     out = kernel_attention(q, k, v, fm)
     out.sum().backward()
-    assert torch.isfinite(out).all() and torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+    assert (
+        torch.isfinite(out).all() and torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+    )

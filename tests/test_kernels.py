@@ -23,7 +23,9 @@ def relative_error(name: str, m: int, x, y, seed: int) -> float:
 def test_estimate_converges_like_one_over_sqrt_m(name):
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(1, H, 6, D, generator=g) * 0.7, torch.randn(1, H, 5, D, generator=g) * 0.7
-    errs = {m: sum(relative_error(name, m, x, y, s) for s in range(4)) / 4 for m in (64, 1024, 16384)}
+    errs = {
+        m: sum(relative_error(name, m, x, y, s) for s in range(4)) / 4 for m in (64, 1024, 16384)
+    }
     assert errs[16384] < 0.03
     # 16x more features -> about 4x less error (allow 2.5x for noise / orthogonality gains)
     assert errs[1024] < errs[64] / 2.5
@@ -66,8 +68,14 @@ def test_gmm_at_init_is_rbf(name):
 
 @pytest.mark.parametrize("covariance", ["diag", "full"])
 def test_gmm_learned_kernel_matches_estimate_away_from_init(covariance):
-    fm = build_kernel("gmm_prf", head_dim=D, num_heads=H, num_features=20000,
-                      num_components=2, covariance=covariance)
+    fm = build_kernel(
+        "gmm_prf",
+        head_dim=D,
+        num_heads=H,
+        num_features=20000,
+        num_components=2,
+        covariance=covariance,
+    )
     with torch.no_grad():
         fm.mu.normal_(0, 0.3)
         fm.logits.copy_(torch.tensor([[0.0, 1.0], [2.0, -1.0]]))

@@ -37,13 +37,17 @@ def kernel_class(name: str) -> type[FeatureMap]:
 def build_kernel(
     name: str, head_dim: int, num_heads: int, num_features: int = 256, **family: object
 ) -> FeatureMap:
-    """Build a registry entry; unknown names or parameters raise ValueError listing the valid ones."""
+    """Build a registry entry.
+
+    Unknown names or parameters raise ValueError listing the valid ones.
+    """
     cls = kernel_class(name)
     valid = family_params(name)
     unknown = sorted(set(family) - set(valid))
     if unknown:
         raise ValueError(
-            f"kernel {name!r} does not take {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}"
+            f"kernel {name!r} does not take {', '.join(unknown)}; "
+            f"valid: {', '.join(valid) or 'none'}"
         )
     return cls(head_dim, num_heads, num_features, **family)
 

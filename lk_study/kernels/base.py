@@ -117,7 +117,8 @@ class Positive:
         self.per_frequency = 2 if antithetic else 1
 
     def log_features(self, proj: Tensor, sq_norm: Tensor, log_w: Tensor) -> Tensor:
-        """proj (B, H, T, m) = ω·x', sq_norm (B, H, T, 1) = ‖x'‖², log_w (H, m) -> log φ (B, H, T, M)."""
+        """proj (B, H, T, m) = ω·x', sq_norm (B, H, T, 1) = ‖x'‖², log_w (H, m)
+        -> log φ (B, H, T, M)."""
         base = -self.norm_coef * sq_norm + 0.5 * log_w[:, None, :]
         if self.antithetic:
             half = base - 0.5 * math.log(2.0)

@@ -54,7 +54,9 @@ class GaussianMixtureFeatures(RandomFeatureMap):
         self.resample(torch.Generator().manual_seed(0))
 
     def resample(self, generator: torch.Generator) -> None:
-        self.eps.copy_(gaussian_noise(generator, self.num_heads, self.num_frequencies, self.head_dim))
+        self.eps.copy_(
+            gaussian_noise(generator, self.num_heads, self.num_frequencies, self.head_dim)
+        )
 
     def cholesky(self) -> Tensor:
         """L (H, C, d, d), lower triangular with positive diagonal; Σ = L Lᵀ."""
@@ -68,7 +70,9 @@ class GaussianMixtureFeatures(RandomFeatureMap):
         if self.lower is None:
             omega = self.mu[:, comp] + self.log_scale.exp()[:, comp] * self.eps
         else:
-            omega = self.mu[:, comp] + torch.einsum("hmde,hme->hmd", self.cholesky()[:, comp], self.eps)
+            omega = self.mu[:, comp] + torch.einsum(
+                "hmde,hme->hmd", self.cholesky()[:, comp], self.eps
+            )
         counts = torch.bincount(comp, minlength=self.mu.shape[1]).to(self.mu.dtype)
         log_w = (torch.log_softmax(self.logits, -1) - counts.log())[:, comp]  # (H, m)
         return omega, log_w
@@ -108,5 +112,10 @@ class GMMPRF(GaussianMixtureFeatures):
         covariance: str = "diag",
     ) -> None:
         super().__init__(
-            head_dim, num_heads, num_features, Positive(1.0, antithetic=False), num_components, covariance
+            head_dim,
+            num_heads,
+            num_features,
+            Positive(1.0, antithetic=False),
+            num_components,
+            covariance,
         )

@@ -94,7 +94,8 @@ class Encoder(nn.Module):
         self.register_buffer("pos", sinusoidal_positions(max_len + 1, d_model), persistent=False)
         self.drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            EncoderLayer(d_model, num_heads, d_ff, dropout, make_kernel()) for _ in range(num_layers)
+            EncoderLayer(d_model, num_heads, d_ff, dropout, make_kernel())
+            for _ in range(num_layers)
         )
         self.ln = nn.LayerNorm(d_model)
 

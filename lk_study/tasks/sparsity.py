@@ -88,7 +88,10 @@ class Sparsity:
 
     def prepare(self, cfg: TaskConfig) -> dict[str, Path]:
         """Generate once per machine into the cache (Parquet, under a file lock)."""
-        params = {k: getattr(cfg, k) for k in ("size", "seq_len", "num_signal", "num_types", "val_fraction", "seed")}
+        params = {
+            k: getattr(cfg, k)
+            for k in ("size", "seq_len", "num_signal", "num_types", "val_fraction", "seed")
+        }
         key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
         folder = cache_root(cfg) / "sparsity" / key
         paths = {s: folder / f"{s}.parquet" for s in SPLITS}
@@ -99,10 +102,14 @@ class Sparsity:
             ids, labels = generate(cfg.size, cfg.seq_len, cfg.num_signal, cfg.num_types, cfg.seed)
             n_train = int(round(cfg.size * (1 - cfg.val_fraction)))
             for split, sl in (("train", slice(0, n_train)), ("validation", slice(n_train, None))):
-                table = pa.table({
-                    "ids": pa.FixedSizeListArray.from_arrays(pa.array(ids[sl].ravel()), cfg.seq_len),
-                    "label": pa.array(labels[sl]),
-                })
+                table = pa.table(
+                    {
+                        "ids": pa.FixedSizeListArray.from_arrays(
+                            pa.array(ids[sl].ravel()), cfg.seq_len
+                        ),
+                        "label": pa.array(labels[sl]),
+                    }
+                )
                 tmp = paths[split].with_suffix(".tmp")
                 pq.write_table(table, tmp)
                 tmp.replace(paths[split])

@@ -1,0 +1,93 @@
+"""The strict study loader: bad keys fail with file, line, key and the valid keys."""
+
+import pytest
+
+from lk_study.cli import main
+from lk_study.config import Config, ConfigError, load_study, with_overrides
+
+QUICKSTART = "search_spaces/quickstart.yaml"
+
+
+def write(tmp_path, text):
+    p = tmp_path / "study.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_quickstart_loads_with_conditional_features():
+    study = load_study(QUICKSTART)
+    assert list(study.search)[:2] == ["kernel.name", "kernel.num_features"]
+    assert study.search["kernel.num_features"].when == (("kernel.name", ("prf", "gmm_prf")),)
+    assert study.budget.num_samples >= 8
+    assert set(study.search["kernel.name"].values) == {"softmax", "prf", "gmm_prf"}
+
+
+def test_misspelt_config_key_names_file_line_key_and_valid_keys(tmp_path):
+    p = write(tmp_path, "name: s\nconfig:\n  kernel:\n    name: prf\n    num_featurs: 8\n")
+    with pytest.raises(ConfigError) as e:
+        load_study(p)
+    msg = str(e.value)
+    assert f"{p}:5" in msg and "config.kernel.num_featurs" in msg
+    assert "did you mean 'num_features'" in msg and "num_components" in msg
+
+
+def test_misspelt_search_key_and_top_level_key(tmp_path):
+    p = write(tmp_path, "name: s\nsearch:\n  kernel.nmae: {choice: [prf]}\n")
+    with pytest.raises(
+        ConfigError, match=r"study.yaml:3: unknown key 'search.kernel.nmae'.*kernel.name"
+    ):
+        load_study(p)
+    p = write(tmp_path, "name: s\nbudjet: {num_samples: 2}\n")
+    with pytest.raises(
+        ConfigError, match=r"study.yaml:2: unknown key 'budjet'.*did you mean 'budget'"
+    ):
+        load_study(p)
+
+
+def test_bad_values_are_rejected_before_ray(tmp_path):
+    p = write(tmp_path, "name: s\nsearch:\n  kernel.name: {choice: [prf, gmmprf]}\n")
+    with pytest.raises(
+        ConfigError, match=r"study.yaml:3: .*unknown kernel 'gmmprf'; valid: softmax"
+    ):
+        load_study(p)
+    p = write(tmp_path, "name: s\nconfig:\n  train: {lr: fast}\n")
+    with pytest.raises(ConfigError, match=r"study.yaml:3: config.train.lr = 'fast' is not a valid float"):
+        load_study(p)
+    p = write(tmp_path, "name: s\nconfig:\n  model: {d_model: 30, num_heads: 4}\n")
+    with pytest.raises(ConfigError, match="divisible by num_heads"):
+        load_study(p)
+    p = write(tmp_path, "name: s\nname: t\n")
+    with pytest.raises(ConfigError, match="study.yaml:2: duplicate key 'name'"):
+        load_study(p)
+
+
+def test_set_fixes_a_searched_key_and_keeps_conditions():
+    study = load_study(QUICKSTART, {"kernel.name": "gmm_prf", "train.max_steps": 7})
+    assert "kernel.name" not in study.search and "kernel.num_features" in study.search
+    assert study.config.kernel.name == "gmm_prf" and study.config.train.max_steps == 7
+    study = load_study(QUICKSTART, {"kernel.name": "softmax"})
+    assert "kernel.num_features" not in study.search  # condition false -> dimension dropped
+    with pytest.raises(
+        ConfigError, match="--set: unknown key 'train.lrr'.*did you mean 'train.lr'"
+    ):
+        load_study(QUICKSTART, {"train.lrr": 1})
+
+
+def test_overrides_validate_types():
+    cfg = with_overrides(Config(), {"train.lr": "1e-3", "kernel.num_features": 32})
+    assert cfg.train.lr == 1e-3 and cfg.kernel.num_features == 32
+    with pytest.raises(ConfigError, match="kernel.num_features = 'many'"):
+        with_overrides(Config(), {"kernel.num_features": "many"})
+
+
+def test_cli_reports_bad_key_without_traceback(tmp_path, capsys):
+    p = write(tmp_path, "name: s\nconfig:\n  trian: {lr: 1.0}\n")
+    assert main(["tune", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "study.yaml:3: unknown key 'config.trian'" in err and "train" in err
+
+
+def test_dry_run_prints_space(capsys):
+    assert main(["tune", QUICKSTART, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "kernel.num_features: choice [8, 32] when kernel.name in ['prf', 'gmm_prf']" in out

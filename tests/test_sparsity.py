@@ -1,0 +1,50 @@
+"""The sparsity task: shape, determinism, label semantics, Parquet round trip."""
+
+import numpy as np
+import pytest
+
+from lk_study.config import TaskConfig
+from lk_study.tasks import prepare, read_split
+from lk_study.tasks.sparsity import generate, label_of
+
+T = 4
+
+
+def test_shape_split_and_determinism(tmp_path):
+    cfg = TaskConfig(size=500, seq_len=200, num_signal=5, num_types=T, cache_dir=str(tmp_path))
+    paths = prepare(cfg)
+    ids, labels = read_split(paths["train"])
+    vids, _ = read_split(paths["validation"])
+    assert ids.shape == (400, 200) and vids.shape == (100, 200)  # 80/20, length 200
+    a, la = generate(500, 200, 5, T, seed=0)
+    assert np.array_equal(a[:400], ids) and np.array_equal(la[:400], labels)
+    assert 0.35 < labels.mean() < 0.65
+    assert np.array_equal(label_of(ids, T), labels)
+    # exactly k tokens of the query type
+    content_type = (ids[:, 1:] - 1 - T) // 2
+    assert ((content_type == (ids[:, :1] - 1)).sum(1) == 5).all()
+
+
+def test_label_ignores_noise_and_follows_signal():
+    ids, labels = generate(300, 50, 7, T, seed=3)
+    query = ids[:, 0] - 1
+    types = (ids[:, 1:] - 1 - T) // 2
+    rng = np.random.default_rng(0)
+    noisy = ids.copy()
+    for i in range(len(ids)):  # re-randomise every noise token (type != query, any bit)
+        noise = np.flatnonzero(types[i] != query[i]) + 1
+        new_t = (query[i] + rng.integers(1, T, size=len(noise))) % T
+        noisy[i, noise] = 1 + T + 2 * new_t + rng.integers(2, size=len(noise))
+    assert np.array_equal(label_of(noisy, T), labels)
+    flipped = ids.copy()
+    signal = types == query[:, None]
+    bits = (ids[:, 1:] - 1 - T) % 2
+    flipped[:, 1:] = np.where(signal, 1 + T + 2 * types + (1 - bits), ids[:, 1:])
+    assert np.array_equal(label_of(flipped, T), 1 - labels)
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError, match="num_signal must be odd"):
+        generate(10, 20, 4, T, 0)
+    with pytest.raises(ValueError, match="num_types must be >= 2"):
+        generate(10, 20, 3, 1, 0)

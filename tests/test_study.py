@@ -1,0 +1,104 @@
+"""Integration tier: a real --smoke study through Ray Tune + Optuna + Ray Train, via the CLI."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from lk_study.analysis import load_study
+
+pytestmark = pytest.mark.integration
+
+COLUMNS = {
+    "trial_id",
+    "status",
+    "kernel.name",
+    "kernel.num_features",
+    "train.lr",
+    "task.name",
+    "model.d_model",
+    "train.max_steps",
+    "step",
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "tokens_per_s",
+    "seconds",
+    "best.val_accuracy",
+    "best.val_loss",
+}
+
+
+def cli(*args, timeout=420):
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lk_study.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("studies")
+    out = cli(
+        "tune",
+        "search_spaces/quickstart.yaml",
+        "--smoke",
+        "--storage",
+        str(storage),
+        "--set",
+        "budget.num_samples=3",
+    )
+    return storage / "quickstart-smoke", out
+
+
+def test_smoke_study_runs_and_prints_leaderboard(smoke_study):
+    path, out = smoke_study
+    assert "Leaderboard (val_accuracy, max)" in out
+    assert f"Results table: {path}/trials.parquet" in out
+    trials = pd.read_parquet(path / "trials.parquet")
+    assert len(trials) == 3
+    assert COLUMNS <= set(trials.columns), COLUMNS - set(trials.columns)
+    assert set(trials["status"]) <= {"TERMINATED"}
+    assert trials["kernel.name"].isin(["softmax", "prf", "gmm_prf"]).all()
+    # num_features is searched only for random-feature kernels
+    rf = trials["kernel.name"] != "softmax"
+    assert trials.loc[rf, "kernel.num_features"].isin([8, 32]).all()
+    assert (trials["step"] == 20).all() and trials["val_accuracy"].between(0, 1).all()
+    assert (trials["best.val_accuracy"] >= trials["val_accuracy"]).all()
+
+
+def test_results_command_and_curves(smoke_study, tmp_path):
+    path, _ = smoke_study
+    out_file = tmp_path / "t.parquet"
+    out = cli("results", str(path), "--out", str(out_file), timeout=120)
+    assert "Leaderboard" in out and "Wrote 3 trials" in out
+    assert len(pd.read_parquet(out_file)) == 3
+    res = load_study(str(path))
+    assert set(res.curves.groupby("trial_id")["step"].apply(list).map(tuple)) == {(10, 20)}
+
+
+def test_rerun_resumes_and_keeps_finished_trials(smoke_study):
+    path, _ = smoke_study
+    before = pd.read_parquet(path / "trials.parquet").set_index("trial_id")
+    out = cli(
+        "tune",
+        "search_spaces/quickstart.yaml",
+        "--smoke",
+        "--storage",
+        str(path.parent),
+        "--set",
+        "budget.num_samples=3",
+    )
+    assert "Resuming study 'quickstart-smoke'" in out
+    after = pd.read_parquet(path / "trials.parquet").set_index("trial_id")
+    assert set(after.index) == set(before.index)
+    assert (after.loc[before.index, "best.val_accuracy"] == before["best.val_accuracy"]).all()
