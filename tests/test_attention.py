@@ -7,7 +7,7 @@ from lk_study.attention import kernel_attention, materialised_attention
 from lk_study.kernels import KERNELS, build_kernel
 
 B, H, T, D = 2, 3, 9, 8
-POSITIVE_OR_EXACT = ["softmax", "prf", "gmm_prf"]
+POSITIVE_OR_EXACT = ["softmax", "elu", "prf", "gmm_prf"]
 
 
 @pytest.mark.parametrize("name", POSITIVE_OR_EXACT)

@@ -51,7 +51,8 @@ def test_bad_values_are_rejected_before_ray(tmp_path):
     ):
         load_study(p)
     p = write(tmp_path, "name: s\nconfig:\n  train: {lr: fast}\n")
-    with pytest.raises(ConfigError, match=r"study.yaml:3: config.train.lr = 'fast' is not a valid float"):
+    bad_float = r"study.yaml:3: config.train.lr = 'fast' is not a valid float"
+    with pytest.raises(ConfigError, match=bad_float):
         load_study(p)
     p = write(tmp_path, "name: s\nconfig:\n  model: {d_model: 30, num_heads: 4}\n")
     with pytest.raises(ConfigError, match="divisible by num_heads"):

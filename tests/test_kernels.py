@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from lk_study.kernels import KERNELS, build_kernel, family_params
+from lk_study.kernels import KERNELS, RandomFeatureMap, build_kernel, family_params
 
 H, D = 2, 8
-RANDOM = [n for n, cls in KERNELS.items() if not cls.exact_attention]
+RANDOM = [n for n, cls in KERNELS.items() if issubclass(cls, RandomFeatureMap)]
 LEARNED = [n for n in RANDOM if any(True for _ in build_kernel(n, D, H, 16).parameters())]
 
 
@@ -49,6 +49,20 @@ def test_forward_is_deterministic(name):
     fm = build_kernel(name, head_dim=D, num_heads=H, num_features=32)
     x = torch.randn(2, H, 4, D)
     assert torch.equal(fm(x), fm(x))
+
+
+def test_random_kernels_are_found():
+    assert {"rks", "prf", "gmm_rks", "gmm_prf"} <= set(RANDOM)
+
+
+def test_rks_targets_rbf_and_elu_is_its_own_kernel():
+    x, y = torch.randn(1, H, 3, D), torch.randn(1, H, 4, D)
+    rks = build_kernel("rks", head_dim=D, num_heads=H, num_features=16)
+    rbf = torch.exp(-0.5 * torch.cdist(x / D**0.25, y / D**0.25) ** 2)
+    assert torch.allclose(rks.exact_kernel(x, y), rbf, atol=1e-6)
+    elu = build_kernel("elu", head_dim=D, num_heads=H, num_features=99)
+    assert elu.num_features == D and (elu(x) > 0).all()
+    assert torch.allclose(elu.exact_kernel(x, y), elu(x) @ elu(y).transpose(-2, -1))
 
 
 def test_prf_targets_softmax_kernel():
@@ -113,7 +127,7 @@ def test_gradients_reach_learned_parameters(name):
 
 
 def test_unknown_kernel_and_parameter_are_rejected():
-    with pytest.raises(ValueError, match="valid kernels: softmax, prf"):
+    with pytest.raises(ValueError, match="valid kernels: softmax, elu, rks, prf"):
         build_kernel("gmm", head_dim=D, num_heads=H)
     with pytest.raises(ValueError, match="valid: orthogonal"):
         build_kernel("prf", head_dim=D, num_heads=H, num_components=2)

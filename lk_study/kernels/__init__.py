@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import inspect
 
-from lk_study.kernels.base import FeatureMap
+from lk_study.kernels.base import FeatureMap, RandomFeatureMap
+from lk_study.kernels.elu import ELU
 from lk_study.kernels.gmm import GMMPRF, GMMRKS
-from lk_study.kernels.prf import PRF
+from lk_study.kernels.prf import PRF, RKS
 from lk_study.kernels.softmax import Softmax
 
 KERNELS: dict[str, type[FeatureMap]] = {
     "softmax": Softmax,
+    "elu": ELU,
+    "rks": RKS,
     "prf": PRF,
     "gmm_rks": GMMRKS,
     "gmm_prf": GMMPRF,
@@ -52,4 +55,11 @@ def build_kernel(
     return cls(head_dim, num_heads, num_features, **family)
 
 
-__all__ = ["KERNELS", "FeatureMap", "build_kernel", "family_params", "kernel_class"]
+__all__ = [
+    "KERNELS",
+    "FeatureMap",
+    "RandomFeatureMap",
+    "build_kernel",
+    "family_params",
+    "kernel_class",
+]
