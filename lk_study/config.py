@@ -74,7 +74,8 @@ class KernelConfig:
     num_features: int = 64  # M per head; ignored by softmax
     num_components: int = 1  # GMM families
     covariance: str = "diag"  # GMM families: diag | full
-    redraw: int = 0  # redraw random features every N training steps; 0 = one fixed draw
+    redraw: int = 0  # redraw random features every N training steps (1 = every step); 0 = never
+    eval_draws: int = 0  # 0: evaluate with the current training draw; n: mean over n fixed draws
 
     def __post_init__(self) -> None:
         _check(
@@ -86,6 +87,7 @@ class KernelConfig:
         _check(self.num_components >= 1, "num_components", "must be >= 1")
         _check(self.covariance in ("diag", "full"), "covariance", "must be diag or full")
         _check(self.redraw >= 0, "redraw", "must be >= 0 (0 = never)")
+        _check(self.eval_draws >= 0, "eval_draws", "must be >= 0 (0 = the training draw)")
 
 
 SCHEDULES = ("rsqrt", "linear", "constant")

@@ -83,18 +83,47 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def eval_draw_index(j: int) -> int:
+    """Redraw index of the j-th fixed evaluation draw; negative, so never a training draw."""
+    return -(j + 1)
+
+
 @torch.no_grad()
-def evaluate(model, ids: torch.Tensor, labels: torch.Tensor, batch: int, device, amp: bool) -> dict:
-    """Loss and accuracy over this worker's shard, summed over all workers."""
+def evaluate(
+    model,
+    core,
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    batch: int,
+    device,
+    amp: bool,
+    seed: int,
+    eval_draws: int = 0,
+    train_draw: int = 0,
+) -> dict:
+    """Loss and accuracy over this worker's shard, summed over all workers.
+
+    eval_draws = 0 uses the current training draw. eval_draws = n averages the predicted
+    probabilities p̄ = (1/n) Σ_j softmax(f_j(x)) over n fixed draws (the same at every
+    evaluation, on every rank), loss = −log p̄_y; the training draw is restored afterwards.
+    """
     model.eval()
-    loss_sum, correct = 0.0, 0.0
-    for i in range(0, len(ids), batch):
-        x, y = ids[i : i + batch].to(device), labels[i : i + batch].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        loss_sum += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
+    draws = [eval_draw_index(j) for j in range(eval_draws)] or [None]
+    probs = torch.zeros(len(ids), core.head[-1].out_features, dtype=torch.float64)
+    for draw in draws:
+        if draw is not None:
+            core.encoder.resample_kernels(seed, draw)
+        for i in range(0, len(ids), batch):
+            x = ids[i : i + batch].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(x)
+            probs[i : i + batch] += logits.float().softmax(-1).double().cpu()
+    if eval_draws:
+        core.encoder.resample_kernels(seed, train_draw)
     model.train()
+    probs /= len(draws)
+    loss_sum = -probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum().item()
+    correct = (probs.argmax(-1) == labels).sum().item()
     loss_sum, correct, count = _all_sum([loss_sum, correct, float(len(ids))], device)
     return {"val_loss": loss_sum / max(count, 1), "val_accuracy": correct / max(count, 1)}
 
@@ -150,7 +179,11 @@ def fit(
         sched.load_state_dict(state["sched"])
         start, elapsed = state["step"], state["seconds"]
     redraw = cfg.kernel.redraw
-    core.encoder.resample_kernels(t.seed, start // redraw if redraw else 0)
+
+    def train_draw(step: int) -> int:  # redraw index in force at ``step``
+        return step // redraw if redraw else 0
+
+    core.encoder.resample_kernels(t.seed, train_draw(start))
     model = wrap(core)
     amp = device.type == "cuda"
     steps_per_epoch = max(len(tr_ids) // local_batch, 1)
@@ -161,7 +194,7 @@ def fit(
         if step >= t.max_steps:
             break
         if redraw and step % redraw == 0 and step > start:
-            core.encoder.resample_kernels(t.seed, step // redraw)
+            core.encoder.resample_kernels(t.seed, train_draw(step))
         x, y = tr_ids[idx].to(device), tr_labels[idx].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = core.loss(model(x).float(), y)
@@ -174,7 +207,18 @@ def fit(
         loss_sum, loss_n, tokens = loss_sum + loss.item(), loss_n + 1, tokens + x.numel()
         done = step + 1
         if done % t.eval_every == 0 or done == t.max_steps:
-            metrics = evaluate(model, va_ids, va_labels, local_batch * 4, device, amp)
+            metrics = evaluate(
+                model,
+                core,
+                va_ids,
+                va_labels,
+                local_batch * 4,
+                device,
+                amp,
+                t.seed,
+                cfg.kernel.eval_draws,
+                train_draw(step),
+            )
             now = time.perf_counter()
             train_loss, n, tok = _all_sum([loss_sum, float(loss_n), float(tokens)], device)
             metrics.update(

@@ -80,3 +80,37 @@ def test_rsqrt_schedule_and_batches():
     first = [next(a)[1].tolist() for _ in range(5)]
     b = batches(10, 3, 0, 3)
     assert next(b)[1].tolist() == first[3]  # resume mid-stream sees the same batch
+
+
+def test_draws_are_seeded_per_layer_and_identical_across_ranks():
+    cfg = with_overrides(Config(), {**TINY, "kernel.name": "prf", "kernel.num_features": 8})
+    torch.manual_seed(1)
+    rank0 = build_model(cfg).encoder
+    torch.manual_seed(2)  # another process: different global RNG state
+    rank1 = build_model(cfg).encoder
+    for enc in (rank0, rank1):
+        enc.resample_kernels(seed=5, draw=3)
+    w0 = [layer.attn.kernel.omega.clone() for layer in rank0.layers]
+    w1 = [layer.attn.kernel.omega for layer in rank1.layers]
+    assert all(torch.equal(a, b) for a, b in zip(w0, w1, strict=True))
+    assert not torch.equal(w0[0], w0[1])  # layers differ
+    rank0.resample_kernels(seed=5, draw=4)
+    assert not torch.equal(rank0.layers[0].attn.kernel.omega, w0[0])  # redraws differ
+
+
+def test_evaluation_is_deterministic_and_restores_the_training_draw():
+    from lk_study.train import evaluate
+
+    cfg = with_overrides(Config(), {**TINY, "kernel.name": "gmm_prf", "kernel.num_features": 8})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.encoder.resample_kernels(0, 7)
+    before = model.encoder.layers[0].attn.kernel.eps.clone()
+    ids, labels = torch.randint(1, 10, (40, 16)), torch.randint(0, 2, (40,))
+    args = (model, model, ids, labels, 16, torch.device("cpu"), False, 0)
+    one = evaluate(*args, eval_draws=0, train_draw=7)
+    assert one == evaluate(*args, eval_draws=0, train_draw=7)
+    three = evaluate(*args, eval_draws=3, train_draw=7)
+    assert three == evaluate(*args, eval_draws=3, train_draw=7)
+    assert three["val_loss"] != one["val_loss"]
+    assert torch.equal(model.encoder.layers[0].attn.kernel.eps, before)

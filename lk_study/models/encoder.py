@@ -10,6 +10,7 @@ The kernels' random draws change only through ``resample_kernels(seed, draw)``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 
@@ -35,8 +36,8 @@ def sinusoidal_positions(length: int, dim: int) -> Tensor:
 
 def draw_seed(seed: int, layer: int, draw: int) -> int:
     """A 63-bit seed from (run seed, layer, redraw index), identical on every rank."""
-    h = (seed * 1_000_003 + layer) * 1_000_033 + draw
-    return (h * 0x9E3779B97F4A7C15) % (2**63 - 1)
+    digest = hashlib.blake2b(f"{seed}/{layer}/{draw}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class KernelSelfAttention(nn.Module):
