@@ -20,6 +20,10 @@ from typing import Any
 import yaml
 
 from lk_study.kernels import KERNELS
+from lk_study.tasks import TASKS, TaskConfig
+from lk_study.tasks.base import FieldError as _FieldError
+from lk_study.tasks.base import check as _check
+from lk_study.tasks.sparsity import SparsityConfig
 
 
 class ConfigError(ValueError):
@@ -30,39 +34,22 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class TaskConfig:
-    """The data. ``sparsity``: see lk_study.tasks.sparsity for the construction."""
-
-    name: str = "sparsity"
-    size: int = 200_000  # instances, before the train/validation split
-    seq_len: int = 200
-    num_signal: int = 5  # k: signal positions among seq_len (odd, so the majority is defined)
-    num_types: int = 8
-    val_fraction: float = 0.2
-    seed: int = 0
-    cache_dir: str = ""  # "" -> $LK_STUDY_CACHE or ~/.cache/lk_study
-
-    def __post_init__(self) -> None:
-        from lk_study.tasks import TASKS
-
-        _check(self.name in TASKS, "name", f"unknown task {self.name!r}; valid: {', '.join(TASKS)}")
-        _check(self.size >= 10, "size", "must be >= 10")
-        _check(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
-
-
-@dataclass(frozen=True)
 class ModelConfig:
     d_model: int = 64
     num_layers: int = 2
     num_heads: int = 4
     d_ff: int = 128
     dropout: float = 0.1
+    dual_combine: str = (
+        "concat"  # two-sequence tasks: [z1; z2] (concat) or [z1, z2, z1*z2, z1-z2] (full)
+    )
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_layers", "num_heads", "d_ff"):
             _check(getattr(self, name) >= 1, name, "must be >= 1")
         _check(self.d_model % self.num_heads == 0, "d_model", "must be divisible by num_heads")
         _check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        _check(self.dual_combine in ("concat", "full"), "dual_combine", "must be concat or full")
 
 
 @dataclass(frozen=True)
@@ -136,7 +123,7 @@ class ScalingConfig:
 
 @dataclass(frozen=True)
 class Config:
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: TaskConfig = field(default_factory=SparsityConfig)  # the task's own Config class
     model: ModelConfig = field(default_factory=ModelConfig)
     kernel: KernelConfig = field(default_factory=KernelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -211,17 +198,6 @@ STUDY_KEYS = ("name", "config", "search", "objective", "budget", "scheduler", "s
 
 
 # ---------------------------------------------------------------------------- validation helpers
-
-
-class _FieldError(ValueError):
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(message)
-        self.field_name = field_name
-
-
-def _check(ok: bool, field_name: str, message: str) -> None:
-    if not ok:
-        raise _FieldError(field_name, message)
 
 
 class _Where:
@@ -303,6 +279,14 @@ def _build(cls: type, data: Any, prefix: str, where: _Where) -> Any:
         raise ConfigError(
             f"{where(prefix)}: {prefix or 'the file'} must be a mapping, got {data!r}"
         )
+    if cls is TaskConfig:  # the task section's fields depend on the task
+        name = data.get("name", Config().task.name)
+        if name not in TASKS:
+            dotted = f"{prefix}.name" if prefix else "name"
+            raise ConfigError(
+                f"{where(dotted)}: {dotted}: unknown task {name!r}; valid tasks: {', '.join(TASKS)}"
+            )
+        cls = TASKS[name].Config
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -338,8 +322,18 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_keys() -> list[str]:
-    return list(flatten(Config()))
+COMMON_TASK_KEYS = tuple(f"task.{f.name}" for f in dataclasses.fields(TaskConfig))
+
+
+def config_keys(task: str | None = None) -> list[str]:
+    """The dotted config keys for ``task`` (default: the default task)."""
+    cfg = Config() if task is None else Config(task=TASKS[task].Config())
+    return list(flatten(cfg))
+
+
+def all_config_keys() -> list[str]:
+    """Dotted config keys of every task."""
+    return list(dict.fromkeys(k for name in TASKS for k in config_keys(name)))
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -367,11 +361,19 @@ def with_overrides(
 ) -> Config:
     """A copy of ``cfg`` with dotted keys replaced (validated as if written in the file)."""
     where = where or _Where("<override>")
-    valid = config_keys()
+    task = overrides.get("task.name", cfg.task.name)
+    if task not in TASKS:
+        raise ConfigError(f"{where('task.name')}: unknown task {task!r}; valid: {', '.join(TASKS)}")
+    valid = config_keys(task)
     for key in overrides:
         if key not in valid:
             raise _unknown(where, key, key, valid)
-    merged = nest({**flatten(cfg), **overrides})
+    current = flatten(cfg)
+    if task != cfg.task.name:  # another task: start from its defaults
+        current = {k: v for k, v in current.items() if not k.startswith("task.")}
+        current.update({k: v for k, v in flatten(cfg).items() if k in COMMON_TASK_KEYS})
+        current.pop("task.name")
+    merged = nest({**current, **overrides})
     return _build(Config, merged, "", where)
 
 
@@ -478,34 +480,34 @@ def study_from_dict(
     sections = {k: dict(data.get(k) or {}) for k in ("objective", "budget", "scheduler")}
     top = {"name": data["name"], "seed": data.get("seed", 0)}
     cfg_over = {}
-    valid_over = [*config_keys(), "name", "seed"] + [
+    base = _build(Config, data.get("config") or {}, "config", where)
+    sections_of_config = tuple(f"{f.name}." for f in dataclasses.fields(Config))
+    valid_over = [*config_keys(base.task.name), "name", "seed"] + [
         f"{s}.{f.name}"
         for s, cls in (("objective", Objective), ("budget", Budget), ("scheduler", Scheduler))
         for f in dataclasses.fields(cls)
     ]
+    task_keys = config_keys(all_over.get("task.name", base.task.name))
     for key, value in all_over.items():
         head, _, rest = key.partition(".")
+        origin = _Where("--set" if key in (overrides or {}) else f"{source} smoke")
         if key in ("name", "seed"):
             top[key] = value
         elif head in sections and rest:
             sections[head][rest] = value
-        elif key in config_keys():
+        elif key.startswith(sections_of_config):
+            if key not in task_keys:
+                raise _unknown(origin, key, key, task_keys)
             cfg_over[key] = value
         else:
-            raise _unknown(
-                _Where("--set" if key in (overrides or {}) else f"{source} smoke"),
-                key,
-                key,
-                valid_over,
-            )
-    base = _build(Config, data.get("config") or {}, "config", where)
+            raise _unknown(origin, key, key, valid_over)
     lines_cfg = {k.removeprefix("config."): v for k, v in where.lines.items()}
     base = with_overrides(base, cfg_over, _Where(source, lines_cfg))
     search_raw = data.get("search") or {}
     if not isinstance(search_raw, Mapping):
         raise ConfigError(f"{where('search')}: search must be a mapping of dotted keys")
     search: dict[str, Param] = {}
-    valid = config_keys()
+    valid = all_config_keys()
     for key, spec in search_raw.items():
         if key not in valid:
             raise _unknown(where, f"search.{key}", str(key), valid)

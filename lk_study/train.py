@@ -26,14 +26,15 @@ import torch.distributed as dist
 
 from lk_study.config import Config, TrainConfig, config_from_dict, to_dict
 from lk_study.kernels import build_kernel, family_params
-from lk_study.models import Encoder, EncoderClassifier
-from lk_study.tasks import get_task, prepare, read_split
+from lk_study.models import Classifier, DualClassifier, Encoder, Regressor
+from lk_study.tasks import Split, get_task, prepare
 
 CHECKPOINT_FILE = "state.pt"
 
 
-def build_model(cfg: Config) -> EncoderClassifier:
-    """The classifier for ``cfg``: encoder sized by cfg.model, kernel from the registry."""
+def build_model(cfg: Config) -> Classifier:
+    """The model for ``cfg``: encoder sized by cfg.model, kernel from the registry, the task's
+    head (classify, regress or dual)."""
     task = get_task(cfg.task.name)
     m, k = cfg.model, cfg.kernel
     family = {p: getattr(k, p) for p in family_params(k.name) if hasattr(k, p)}
@@ -50,7 +51,11 @@ def build_model(cfg: Config) -> EncoderClassifier:
         m.dropout,
         make_kernel,
     )
-    return EncoderClassifier(encoder, task.num_classes, m.dropout)
+    if task.head == "regress":
+        return Regressor(encoder, m.dropout)
+    if task.head == "dual":
+        return DualClassifier(encoder, task.num_outputs(cfg.task), m.dropout, m.dual_combine)
+    return Classifier(encoder, task.num_outputs(cfg.task), m.dropout)
 
 
 def lr_factor(t: TrainConfig, step: int) -> float:
@@ -88,12 +93,26 @@ def eval_draw_index(j: int) -> int:
     return -(j + 1)
 
 
+def metric_prefix(split: str) -> str:
+    """'validation' -> 'val_', 'validation_matched' -> 'val_matched_'."""
+    rest = split.removeprefix("validation").strip("_")
+    return f"val_{rest}_" if rest else "val_"
+
+
+def _all_gather_np(x: np.ndarray) -> np.ndarray:
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, x)
+    return np.concatenate(parts)
+
+
 @torch.no_grad()
 def evaluate(
     model,
     core,
-    ids: torch.Tensor,
-    labels: torch.Tensor,
+    split: Split,
+    task,
     batch: int,
     device,
     amp: bool,
@@ -101,31 +120,39 @@ def evaluate(
     eval_draws: int = 0,
     train_draw: int = 0,
 ) -> dict:
-    """Loss and accuracy over this worker's shard, summed over all workers.
+    """Loss and task metrics over the whole split (every worker's shard, gathered).
 
-    eval_draws = 0 uses the current training draw. eval_draws = n averages the predicted
-    probabilities p̄ = (1/n) Σ_j softmax(f_j(x)) over n fixed draws (the same at every
-    evaluation, on every rank), loss = −log p̄_y; the training draw is restored afterwards.
+    eval_draws = 0 uses the current training draw. eval_draws = n averages the head's scores
+    (class probabilities, regression values, token probabilities) over n fixed draws, the same
+    at every evaluation and on every rank; the training draw is restored afterwards.
     """
     model.eval()
     draws = [eval_draw_index(j) for j in range(eval_draws)] or [None]
-    probs = torch.zeros(len(ids), core.head[-1].out_features, dtype=torch.float64)
-    for draw in draws:
-        if draw is not None:
-            core.encoder.resample_kernels(seed, draw)
-        for i in range(0, len(ids), batch):
-            x = ids[i : i + batch].to(device)
+    loss_sum, count, preds, refs = 0.0, 0.0, [], []
+    for i in range(0, len(split), batch):
+        b = {
+            k: v.to(device)
+            for k, v in split.batch(np.arange(i, min(i + batch, len(split)))).items()
+        }
+        total = None
+        for draw in draws:
+            if draw is not None:
+                core.encoder.resample_kernels(seed, draw)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)
-            probs[i : i + batch] += logits.float().softmax(-1).double().cpu()
+                scores = core.scores(model(b)).double()
+            total = scores if total is None else total + scores
+        scores = total / len(draws)
+        loss, n = core.eval_loss(scores, b["label"])
+        pred, ref = core.predict(scores, b["label"])
+        loss_sum, count = loss_sum + loss, count + n
+        preds.append(pred.cpu().numpy())
+        refs.append(ref.cpu().numpy())
     if eval_draws:
         core.encoder.resample_kernels(seed, train_draw)
     model.train()
-    probs /= len(draws)
-    loss_sum = -probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum().item()
-    correct = (probs.argmax(-1) == labels).sum().item()
-    loss_sum, correct, count = _all_sum([loss_sum, correct, float(len(ids))], device)
-    return {"val_loss": loss_sum / max(count, 1), "val_accuracy": correct / max(count, 1)}
+    pred, ref = _all_gather_np(np.concatenate(preds)), _all_gather_np(np.concatenate(refs))
+    loss_sum, count = _all_sum([loss_sum, count], device)
+    return {"loss": loss_sum / max(count, 1), **task.metrics(pred, ref)}
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -153,13 +180,11 @@ def fit(
     device = device or torch.device("cpu")
     t = cfg.train
     torch.manual_seed(t.seed)
+    task = get_task(cfg.task.name)
     paths = prepare(cfg.task)  # cached; generated once per machine under a file lock
-    tr_ids, tr_labels = (
-        torch.from_numpy(a).long() for a in read_split(paths["train"], rank, world_size)
-    )
-    va_ids, va_labels = (
-        torch.from_numpy(a).long() for a in read_split(paths["validation"], rank, world_size)
-    )
+    max_len = task.max_len(cfg.task)
+    train = Split(paths["train"], rank, world_size, max_len)
+    evals = {s: Split(paths[s], rank, world_size, max_len) for s in task.splits if s != "train"}
     local_batch = max(t.batch_size // world_size, 1)
 
     core = build_model(cfg).to(device)
@@ -186,39 +211,49 @@ def fit(
     core.encoder.resample_kernels(t.seed, train_draw(start))
     model = wrap(core)
     amp = device.type == "cuda"
-    steps_per_epoch = max(len(tr_ids) // local_batch, 1)
+    steps_per_epoch = max(len(train) // local_batch, 1)
 
     t0, tokens, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
     last_report = t0
-    for step, idx in batches(len(tr_ids), local_batch, t.seed + 7919 * rank, start):
+    for step, idx in batches(len(train), local_batch, t.seed + 7919 * rank, start):
         if step >= t.max_steps:
             break
         if redraw and step % redraw == 0 and step > start:
             core.encoder.resample_kernels(t.seed, train_draw(step))
-        x, y = tr_ids[idx].to(device), tr_labels[idx].to(device)
+        batch = {k: v.to(device) for k, v in train.batch(idx).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = core.loss(model(x).float(), y)
+            loss = core.loss(model(batch), batch["label"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at step {step + 1}; lower train.lr or check "
+                "the kernel (the run stops here, its checkpoints are kept)"
+            )
         optim.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(core.parameters(), t.grad_clip)
         optim.step()
         sched.step()
-        loss_sum, loss_n, tokens = loss_sum + loss.item(), loss_n + 1, tokens + x.numel()
+        real = sum(int((batch[k] != 0).sum()) for k in ("ids", "ids2") if k in batch)
+        loss_sum, loss_n, tokens = loss_sum + loss.item(), loss_n + 1, tokens + real
         done = step + 1
         if done % t.eval_every == 0 or done == t.max_steps:
-            metrics = evaluate(
-                model,
-                core,
-                va_ids,
-                va_labels,
-                local_batch * 4,
-                device,
-                amp,
-                t.seed,
-                cfg.kernel.eval_draws,
-                train_draw(step),
-            )
+            metrics = {}
+            for split_name, split in evals.items():
+                result = evaluate(
+                    model,
+                    core,
+                    split,
+                    task,
+                    local_batch * 4,
+                    device,
+                    amp,
+                    t.seed,
+                    cfg.kernel.eval_draws,
+                    train_draw(step),
+                )
+                prefix = metric_prefix(split_name)
+                metrics.update({f"{prefix}{k}": v for k, v in result.items()})
             now = time.perf_counter()
             train_loss, n, tok = _all_sum([loss_sum, float(loss_n), float(tokens)], device)
             metrics.update(

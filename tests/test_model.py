@@ -28,12 +28,12 @@ def test_model_overfits_a_tiny_batch():
         labels = torch.randint(0, 2, (16,))
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         for _ in range(150):
-            loss = model.loss(model(ids), labels)
+            loss = model.loss(model({"ids": ids}), labels)
             opt.zero_grad()
             loss.backward()
             opt.step()
         assert loss.item() < 0.05, (kernel, loss.item())
-        assert (model(ids).argmax(-1) == labels).all()
+        assert (model({"ids": ids}).argmax(-1) == labels).all()
 
 
 def test_fit_reports_and_resumes_identically():
@@ -98,19 +98,23 @@ def test_draws_are_seeded_per_layer_and_identical_across_ranks():
     assert not torch.equal(rank0.layers[0].attn.kernel.omega, w0[0])  # redraws differ
 
 
-def test_evaluation_is_deterministic_and_restores_the_training_draw():
+def test_evaluation_is_deterministic_and_restores_the_training_draw(tmp_path):
+    from lk_study.tasks import Split, get_task, prepare
     from lk_study.train import evaluate
 
-    cfg = with_overrides(Config(), {**TINY, "kernel.name": "gmm_prf", "kernel.num_features": 8})
+    over = {**TINY, "kernel.name": "gmm_prf", "kernel.num_features": 8}
+    cfg = with_overrides(Config(), {**over, "task.cache_dir": str(tmp_path)})
     torch.manual_seed(0)
     model = build_model(cfg)
     model.encoder.resample_kernels(0, 7)
     before = model.encoder.layers[0].attn.kernel.eps.clone()
-    ids, labels = torch.randint(1, 10, (40, 16)), torch.randint(0, 2, (40,))
-    args = (model, model, ids, labels, 16, torch.device("cpu"), False, 0)
+    split = Split(prepare(cfg.task)["validation"])
+    task = get_task("sparsity")
+    args = (model, model, split, task, 16, torch.device("cpu"), False, 0)
     one = evaluate(*args, eval_draws=0, train_draw=7)
+    assert set(one) == {"loss", "accuracy"} and 0 <= one["accuracy"] <= 1
     assert one == evaluate(*args, eval_draws=0, train_draw=7)
     three = evaluate(*args, eval_draws=3, train_draw=7)
     assert three == evaluate(*args, eval_draws=3, train_draw=7)
-    assert three["val_loss"] != one["val_loss"]
+    assert three["loss"] != one["loss"]
     assert torch.equal(model.encoder.layers[0].attn.kernel.eps, before)

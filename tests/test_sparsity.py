@@ -3,18 +3,19 @@
 import numpy as np
 import pytest
 
-from lk_study.config import TaskConfig
-from lk_study.tasks import prepare, read_split
+from lk_study.tasks import Split, prepare
+from lk_study.tasks.sparsity import SparsityConfig
 from lk_study.tasks.sparsity import generate, label_of
 
 T = 4
 
 
 def test_shape_split_and_determinism(tmp_path):
-    cfg = TaskConfig(size=500, seq_len=200, num_signal=5, num_types=T, cache_dir=str(tmp_path))
+    cfg = SparsityConfig(size=500, seq_len=200, num_signal=5, num_types=T, cache_dir=str(tmp_path))
     paths = prepare(cfg)
-    ids, labels = read_split(paths["train"])
-    vids, _ = read_split(paths["validation"])
+    train = Split(paths["train"])
+    ids, labels = train.batch(np.arange(len(train)))["ids"].numpy(), train.label
+    vids = Split(paths["validation"]).batch(np.arange(100))["ids"].numpy()
     assert ids.shape == (400, 200) and vids.shape == (100, 200)  # 80/20, length 200
     a, la = generate(500, 200, 5, T, seed=0)
     assert np.array_equal(a[:400], ids) and np.array_equal(la[:400], labels)

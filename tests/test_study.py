@@ -72,7 +72,9 @@ def test_smoke_study_runs_and_prints_leaderboard(smoke_study):
     # num_features is searched only for random-feature kernels
     rf = trials["kernel.name"] != "softmax"
     assert trials.loc[rf, "kernel.num_features"].isin([8, 32]).all()
-    assert (trials["step"] == 20).all() and trials["val_accuracy"].between(0, 1).all()
+    # ASHA (grace period 10 in --smoke) may stop a trial at step 10; the rest reach 20
+    assert trials["step"].isin([10, 20]).all() and (trials["step"] == 20).any()
+    assert trials["val_accuracy"].between(0, 1).all()
     assert (trials["best.val_accuracy"] >= trials["val_accuracy"]).all()
 
 
@@ -83,7 +85,11 @@ def test_results_command_and_curves(smoke_study, tmp_path):
     assert "Leaderboard" in out and "Wrote 3 trials" in out
     assert len(pd.read_parquet(out_file)) == 3
     res = load_study(str(path))
-    assert set(res.curves.groupby("trial_id")["step"].apply(list).map(tuple)) == {(10, 20)}
+    steps = res.curves.groupby("trial_id")["step"].apply(list).map(tuple)
+    assert set(steps) <= {(10,), (10, 20)} and len(steps) == 3
+    assert dict(zip(res.trials["trial_id"], res.trials["step"], strict=True)) == {
+        t: s[-1] for t, s in steps.items()
+    }
 
 
 def test_rerun_resumes_and_keeps_finished_trials(smoke_study):

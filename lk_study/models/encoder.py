@@ -1,7 +1,7 @@
-"""Pre-LN transformer encoder with a pluggable attention kernel, and the [CLS] classifier.
+"""Pre-LN transformer encoder with a pluggable attention kernel.
 
     ids (B, T) --embed--> (B, T, D) --prepend learned [CLS], add sinusoidal positions--> (B, T+1, D)
-    --L x [x + Drop(Attn(LN x)); x + Drop(FFN(LN x))]--> LN --[CLS] row--> Linear -> logits (B, C)
+    --L x [x + Drop(Attn(LN x)); x + Drop(FFN(LN x))]--> LN -> hidden states (B, T+1, D)
 
 Each attention layer owns one feature map built by ``make_kernel()`` (so learned spectral
 parameters are per layer). Token id 0 is padding: padded keys are masked out of attention.
@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lk_study.attention import kernel_attention
@@ -116,19 +115,3 @@ class Encoder(nn.Module):
         for i, layer in enumerate(self.layers):
             g = torch.Generator().manual_seed(draw_seed(seed, i, draw))
             layer.attn.kernel.resample(g)
-
-
-class EncoderClassifier(nn.Module):
-    """ids (B, T) -> logits (B, num_classes) from the [CLS] state."""
-
-    def __init__(self, encoder: Encoder, num_classes: int, dropout: float) -> None:
-        super().__init__()
-        self.encoder = encoder
-        d = encoder.cls.shape[0]
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, num_classes))
-
-    def forward(self, ids: Tensor) -> Tensor:
-        return self.head(self.encoder(ids)[:, 0])
-
-    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return F.cross_entropy(logits, labels)

@@ -17,21 +17,14 @@ Deterministic given (size, seq_len, num_signal, num_types, seed).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from filelock import FileLock
 
-if TYPE_CHECKING:
-    from lk_study.config import TaskConfig
-
-SPLITS = ("train", "validation")
+from lk_study.tasks import metrics
+from lk_study.tasks.base import TaskConfig, check, ids_array, prepare_cached
 
 
 def generate(
@@ -69,49 +62,57 @@ def label_of(ids: np.ndarray, num_types: int) -> np.ndarray:
     return ((bits * signal).sum(1) * 2 > signal.sum(1)).astype(np.int64)
 
 
-def cache_root(cfg: TaskConfig) -> Path:
-    root = cfg.cache_dir or os.environ.get("LK_STUDY_CACHE") or Path.home() / ".cache" / "lk_study"
-    return Path(root)
+@dataclass(frozen=True)
+class SparsityConfig(TaskConfig):
+    name: str = "sparsity"
+    size: int = 200_000  # instances, before the train/validation split
+    seq_len: int = 200
+    num_signal: int = 5  # k: signal positions among seq_len (odd, so the majority is defined)
+    num_types: int = 8
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.size >= 10, "size", "must be >= 10")
+        check(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
+        check(self.num_types >= 2, "num_types", "must be >= 2")
+        check(
+            self.num_signal % 2 == 1 and 1 <= self.num_signal < self.seq_len,
+            "num_signal",
+            f"must be odd and in [1, seq_len - 1 = {self.seq_len - 1}]",
+        )
 
 
 class Sparsity:
-    """Task registry entry for ``sparsity`` (binary classification, metric accuracy)."""
+    """Registry entry ``sparsity``: binary classification, metric accuracy."""
 
-    num_classes = 2
-    metrics = ("accuracy",)
+    Config = SparsityConfig
+    head = "classify"
+    splits = ("train", "validation")
 
-    def vocab_size(self, cfg: TaskConfig) -> int:
+    def vocab_size(self, cfg: SparsityConfig) -> int:
         return 1 + 3 * cfg.num_types
 
-    def max_len(self, cfg: TaskConfig) -> int:
+    def max_len(self, cfg: SparsityConfig) -> int:
         return cfg.seq_len
 
-    def prepare(self, cfg: TaskConfig) -> dict[str, Path]:
+    def num_outputs(self, cfg: SparsityConfig) -> int:
+        return 2
+
+    def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+        return metrics.accuracy(pred, label)
+
+    def prepare(self, cfg: SparsityConfig) -> dict[str, Path]:
         """Generate once per machine into the cache (Parquet, under a file lock)."""
-        params = {
-            k: getattr(cfg, k)
-            for k in ("size", "seq_len", "num_signal", "num_types", "val_fraction", "seed")
-        }
-        key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-        folder = cache_root(cfg) / "sparsity" / key
-        paths = {s: folder / f"{s}.parquet" for s in SPLITS}
-        folder.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder / ".lock")):
-            if all(p.exists() for p in paths.values()):
-                return paths
+
+        def build() -> dict[str, pa.Table]:
             ids, labels = generate(cfg.size, cfg.seq_len, cfg.num_signal, cfg.num_types, cfg.seed)
             n_train = int(round(cfg.size * (1 - cfg.val_fraction)))
-            for split, sl in (("train", slice(0, n_train)), ("validation", slice(n_train, None))):
-                table = pa.table(
-                    {
-                        "ids": pa.FixedSizeListArray.from_arrays(
-                            pa.array(ids[sl].ravel()), cfg.seq_len
-                        ),
-                        "label": pa.array(labels[sl]),
-                    }
-                )
-                tmp = paths[split].with_suffix(".tmp")
-                pq.write_table(table, tmp)
-                tmp.replace(paths[split])
-            (folder / "params.json").write_text(json.dumps(params, indent=1))
-        return paths
+            parts = {"train": slice(0, n_train), "validation": slice(n_train, None)}
+            return {
+                s: pa.table({"ids": ids_array(ids[sl]), "label": pa.array(labels[sl])})
+                for s, sl in parts.items()
+            }
+
+        return prepare_cached(cfg, self.splits, build)

@@ -1,0 +1,200 @@
+"""What every task is: a config section, prepared Parquet splits, a head and its metrics.
+
+A task is an object in ``lk_study.tasks.TASKS`` with
+
+    Config           a frozen dataclass (subclass of ``TaskConfig``): the ``task:`` section
+    head             "classify" | "regress" | "dual" (two sequences, one shared encoder)
+    prepare(cfg)     -> {split: Path} of Parquet files, built once per machine into the cache
+                        under a file lock; splits "train" plus the evaluation splits
+    vocab_size(cfg), max_len(cfg), num_outputs(cfg)
+    metrics(pred, label) -> {name: value}  (scikit-learn / scipy definitions)
+
+Prepared splits have an ``ids`` column (list<int32>, 0 = padding), for dual tasks ``ids2``,
+and a ``label`` column: int64 classes, float64 for regression, or list<int32> per-token
+targets aligned with ``ids`` (masked LM; ``IGNORE`` = −100 where there is no target).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from filelock import FileLock
+
+BAD_ROWS = ("error", "skip")
+IGNORE = -100  # per-token label with no target
+
+
+class FieldError(ValueError):
+    """A bad task parameter; ``field_name`` lets the config loader point at the YAML line."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field_name = field_name
+
+
+def check(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise FieldError(field_name, message)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Fields every task has; each task's Config adds its own."""
+
+    name: str = ""
+    cache_dir: str = ""  # "" -> $LK_STUDY_CACHE or ~/.cache/lk_study
+    on_bad_rows: str = "error"  # error | skip (skipped rows are counted in the log)
+
+    def __post_init__(self) -> None:
+        check(self.on_bad_rows in BAD_ROWS, "on_bad_rows", f"must be one of {', '.join(BAD_ROWS)}")
+
+
+def cache_root(cfg: TaskConfig) -> Path:
+    root = cfg.cache_dir or os.environ.get("LK_STUDY_CACHE") or Path.home() / ".cache" / "lk_study"
+    return Path(root)
+
+
+def ids_array(rows: list[np.ndarray] | np.ndarray) -> pa.Array:
+    """Sequences of token ids (a list of 1-D arrays, or a 2-D array) -> list<int32> column."""
+    if isinstance(rows, np.ndarray) and rows.ndim == 2:
+        n, width = rows.shape
+        offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows.ravel().astype(np.int32)))
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = np.concatenate([np.asarray(r, dtype=np.int32) for r in rows]) if rows else []
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
+
+
+def prepare_cached(
+    cfg: TaskConfig, splits: tuple[str, ...], build: Callable[[], dict[str, pa.Table]]
+) -> dict[str, Path]:
+    """Build the splits once per machine: cache/<task>/<hash of cfg>/<split>.parquet.
+
+    ``build()`` returns {split: table}; it runs under a file lock, so concurrent trials on a
+    machine wait for the first one instead of building the data twice.
+    """
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("cache_dir", "on_bad_rows")}
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_root(cfg) / cfg.name.replace("/", "_") / key
+    paths = {s: folder / f"{s}.parquet" for s in splits}
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        if all(p.exists() for p in paths.values()):
+            return paths
+        tables = build()
+        missing = set(splits) - set(tables)
+        if missing:
+            raise RuntimeError(f"task {cfg.name}: build() did not produce splits {sorted(missing)}")
+        for split in splits:
+            tmp = paths[split].with_suffix(".tmp")
+            pq.write_table(tables[split], tmp)
+            tmp.replace(paths[split])  # atomic: a crash never leaves half a split
+        (folder / "params.json").write_text(json.dumps(params, indent=1))
+    return paths
+
+
+class Split:
+    """One prepared split, this worker's shard (rows rank, rank + world, ...), in memory.
+
+    ``batch(index)`` pads the sequences to the longest one in the batch (at most ``max_len``)
+    and returns {"ids": (B, T) int64, ["ids2": (B, T2)], "label": (B,)} tensors.
+    """
+
+    def __init__(self, path: Path, rank: int = 0, world_size: int = 1, max_len: int = 0) -> None:
+        table = pq.read_table(path)
+        rows = np.arange(rank, table.num_rows, world_size)
+        table = table.take(pa.array(rows))
+        self.max_len = max_len
+        self.columns = {}
+        self.label = None
+        for name in ("ids", "ids2", "label"):
+            if name not in table.column_names:
+                continue
+            col = table.column(name).combine_chunks()
+            if pa.types.is_fixed_size_list(col.type):
+                col = col.cast(pa.list_(col.type.value_type))
+            if pa.types.is_list(col.type):
+                self.columns[name] = (col.values.to_numpy(), col.offsets.to_numpy())
+            else:
+                self.label = col.to_numpy().copy()
+
+    def __len__(self) -> int:
+        return len(self.columns["ids"][1]) - 1
+
+    def _pad(self, name: str, index: np.ndarray, fill: int = 0) -> np.ndarray:
+        values, offsets = self.columns[name]
+        starts, ends = offsets[index], offsets[index + 1]
+        lengths = ends - starts
+        if self.max_len:
+            lengths = np.minimum(lengths, self.max_len)
+        width = max(int(lengths.max(initial=1)), 1)
+        out = np.full((len(index), width), fill, dtype=np.int64)
+        for row, (s, n) in enumerate(zip(starts, lengths, strict=True)):
+            out[row, :n] = values[s : s + n]
+        return out
+
+    def batch(self, index: np.ndarray) -> dict:
+        import torch
+
+        index = np.asarray(index)
+        out = {
+            name: torch.from_numpy(self._pad(name, index, IGNORE if name == "label" else 0))
+            for name in self.columns
+        }
+        if self.label is not None:
+            out["label"] = torch.from_numpy(self.label[index].copy())
+        return out
+
+
+def byte_ids(text: str, max_len: int) -> np.ndarray:
+    """UTF-8 bytes as tokens (LRA text/retrieval): id = byte + 1 (0 is padding); vocab 257."""
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)[:max_len].astype(np.int32) + 1
+
+
+BYTE_VOCAB = 257
+
+
+def load_hf(source: str, hub_name: str, hub_config: str | None = None):
+    """A ``datasets.DatasetDict``: from the Hugging Face hub (``source: hub``; needs network
+    the first time, then the datasets cache) or from a folder written by ``save_to_disk``."""
+    import datasets
+
+    if source == "hub":
+        return datasets.load_dataset(hub_name, hub_config)
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"task source {source}: no such folder; expected a DatasetDict saved with "
+            f"save_to_disk (or use source: hub for {hub_name})"
+        )
+    return datasets.load_from_disk(str(path))
+
+
+class BadRows:
+    """Collects malformed rows: raise at once (``on_bad_rows: error``) or skip and count."""
+
+    def __init__(self, policy: str, where: str) -> None:
+        self.policy = policy
+        self.where = where
+        self.skipped = 0
+
+    def __call__(self, location: str, problem: str) -> None:
+        if self.policy == "error":
+            raise ValueError(
+                f"{self.where}, {location}: {problem} "
+                "(set task.on_bad_rows: skip to skip such rows)"
+            )
+        self.skipped += 1
+
+    def log(self) -> None:
+        if self.skipped:
+            print(f"{self.where}: skipped {self.skipped} malformed rows (task.on_bad_rows: skip)")
