@@ -57,7 +57,7 @@ def aan(tmp_path):
 def test_registry_lists_tasks_in_errors():
     with pytest.raises(ValueError, match="valid tasks: .*sparsity"):
         get_task("listopz")
-    with pytest.raises(ConfigError, match="unknown task 'txt'; valid: text"):
+    with pytest.raises(ConfigError, match="unknown task 'txt'; valid: .*text"):
         with_overrides(Config(), {"task.name": "txt"})
 
 
@@ -147,3 +147,37 @@ def test_every_task_has_the_interface(name):
     assert task.head in ("classify", "regress", "dual", "mlm")
     assert "train" in task.splits and len(task.splits) >= 2
     assert task.Config().name == name
+
+
+LISTOPS_SMALL = {
+    "task.name": "listops",
+    "task.size": 30,
+    "task.min_length": 5,
+    "task.max_length": 60,
+    "task.max_depth": 4,
+    "task.max_args": 4,
+}
+
+
+def test_listops_generated_and_release_files(tmp_path):
+    from lk_study.tasks import listops
+
+    report = one_step(LISTOPS_SMALL)
+    assert 0 <= report["val_accuracy"] <= 1
+    listops.write_release(
+        tmp_path / "rel", 40, seed=1, min_length=5, max_length=60, max_depth=4, max_args=4
+    )
+    cfg = with_overrides(
+        Config(),
+        {
+            "task.name": "listops",
+            "task.source": str(tmp_path / "rel"),
+            "task.cache_dir": str(tmp_path / "c"),
+        },
+    )
+    paths = prepare(cfg.task)
+    sources, labels, _ = listops.read_tsv(tmp_path / "rel" / "train.tsv")
+    split = Split(paths["train"])
+    assert len(split) == len(sources) and split.label.tolist() == labels
+    first = split.batch(np.arange(1))["ids"][0]
+    assert first[first > 0].tolist() == listops.tokenize(sources[0])

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from lk_study.tasks.base import Split, TaskConfig
 from lk_study.tasks.image import Image
+from lk_study.tasks.listops import ListOps
 from lk_study.tasks.retrieval import Retrieval
 from lk_study.tasks.sparsity import Sparsity
 from lk_study.tasks.text import Text
 
 TASKS = {
+    "listops": ListOps(),
     "text": Text(),
     "retrieval": Retrieval(),
     "image": Image(),
