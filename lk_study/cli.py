@@ -3,6 +3,8 @@
 lk-study tune STUDY.yaml [--storage PATH_OR_URI] [--set key=value ...] [--smoke] [--dry-run]
 lk-study results PATH [--out FILE.parquet|FILE.csv]
 lk-study kernels
+lk-study data prepare TASK [--source SRC] [--set task.key=value ...]
+lk-study data generate listops --out DIR --num N [--seed S]
 """
 
 from __future__ import annotations
@@ -70,6 +72,33 @@ def cmd_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    import time
+
+    from lk_study.config import Config, with_overrides
+    from lk_study.tasks import Split, prepare
+
+    overrides = {"task.name": args.task, **parse_sets(args.set)}
+    if args.source:
+        overrides["task.source"] = args.source
+    cfg = with_overrides(Config(), overrides).task
+    print(f"Preparing {args.task} ({cfg}) ...", flush=True)
+    t0 = time.perf_counter()
+    paths = prepare(cfg)
+    for split, path in paths.items():
+        print(f"  {split:12s} {len(Split(path)):>9,d} rows  {path}")
+    print(f"Done in {time.perf_counter() - t0:.1f} s (cached: later runs reuse these files)")
+    return 0
+
+
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    from lk_study.tasks import listops
+
+    generators = {"listops": lambda: listops.main_generate(args.out, args.num, args.seed)}
+    generators[args.kind]()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lk-study", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,10 +127,29 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_results)
     p = sub.add_parser("kernels", help="list the kernel registry")
     p.set_defaults(func=cmd_kernels)
+    data = sub.add_parser("data", help="prepare task data, or generate offline data files")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("prepare", help="build a task's cached Parquet splits")
+    p.add_argument("task", help="a task name (see lk_study.tasks.TASKS), e.g. listops")
+    p.add_argument("--source", help="task.source: hub, generate or a PATH (task-dependent)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another task.* key, e.g. --set task.size=1000",
+    )
+    p.set_defaults(func=cmd_data_prepare)
+    p = data_sub.add_parser("generate", help="write offline data in a release's file format")
+    p.add_argument("kind", choices=["listops"])
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--num", type=int, required=True, help="number of examples")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_generate)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"lk-study: error: {e}", file=sys.stderr)
         return 2
 

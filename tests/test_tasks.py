@@ -181,3 +181,16 @@ def test_listops_generated_and_release_files(tmp_path):
     assert len(split) == len(sources) and split.label.tolist() == labels
     first = split.batch(np.arange(1))["ids"][0]
     assert first[first > 0].tolist() == listops.tokenize(sources[0])
+
+
+def test_data_cli_prepare_and_generate(tmp_path, capsys):
+    from lk_study.cli import main
+
+    sets = [f"--set={k}={v}" for k, v in LISTOPS_SMALL.items() if k != "task.name"]
+    assert main(["data", "prepare", "listops", *sets]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "27 rows" in out
+    assert main(["data", "generate", "listops", "--out", str(tmp_path), "--num", "50"]) == 0
+    assert {p.name for p in tmp_path.iterdir()} >= {"train.tsv", "val.tsv", "test.tsv"}
+    assert main(["data", "prepare", "listopz"]) == 2
+    assert "valid: listops" in capsys.readouterr().err
