@@ -119,6 +119,15 @@ def _statuses(uri: str) -> dict[str, str]:
     return out
 
 
+def error_reason(text: str) -> str:
+    """The last line of a Tune error file that names an exception (the reason a trial failed)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception)\b", line):
+            return line
+    return lines[-1] if lines else ""
+
+
 def load_study(path: str) -> StudyResults:
     """Read a study folder (see module docstring)."""
     uri = path if "://" in path else str(__import__("pathlib").Path(path).resolve())
@@ -136,6 +145,7 @@ def load_study(path: str) -> StudyResults:
         if params_text is None:
             continue
         params = json.loads(params_text)
+        params = params.get("point", params)  # grid/random studies: one dict per trial
         result_text = read_text(f"{uri.rstrip('/')}/{info.base_name}", "result.json") or ""
         reports = [json.loads(line) for line in result_text.splitlines() if line.strip()]
         tid = reports[-1]["trial_id"] if reports else info.base_name.split("_")[2]
@@ -153,6 +163,8 @@ def load_study(path: str) -> StudyResults:
             values = [r[key] for r in reports if isinstance(r.get(key), (int, float))]
             if values:
                 row[f"best.{key}"] = min(values) if lower_is_better(key) else max(values)
+        error = read_text(f"{uri.rstrip('/')}/{info.base_name}", "error.txt")
+        row["error"] = error_reason(error) if error else None
         row["checkpoint_path"] = last.get("checkpoint_path")
         row["trial_dir"] = info.base_name
         rows.append(row)

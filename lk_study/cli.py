@@ -31,8 +31,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.smoke:
         study = study.__class__(**{**study.__dict__, "name": f"{study.name}-smoke"})
     if args.dry_run:
+        seeds = f", seeds {list(study.seeds)}" if study.seeds else ""
         print(
-            f"Study {study.name!r} from {study.source}: {study.budget.num_samples} trials, "
+            f"Study {study.name!r} from {study.source}: {study.num_trials()} trials "
+            f"(searcher {study.searcher}{seeds}), "
             f"objective {study.objective.metric} ({study.objective.mode})"
         )
         for key, p in study.search.items():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import random
 import types
 import typing
 from collections.abc import Mapping
@@ -132,14 +134,18 @@ class Config:
 
 # ---------------------------------------------------------------------------- study sections
 
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "int")
+SEARCHERS = ("optuna", "grid", "random")
+FINITE = ("choice", "grid")
 
 
 @dataclass(frozen=True)
 class Param:
-    """One searched dimension: ``{choice: [...]}``, ``{uniform: [lo, hi]}``,
-    ``{loguniform: [lo, hi]}`` or ``{int: [lo, hi]}``, optionally ``when: {key: [values]}``
-    (sampled only when an earlier searched key took one of those values)."""
+    """One searched dimension: ``{choice: [...]}`` or ``{grid: [...]}`` (a finite list),
+    ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}`` or ``{int: [lo, hi]}``, optionally
+    ``when: {key: [values]}`` (used only when an earlier searched key took one of those
+    values). ``searcher: grid`` runs every combination of the finite lists; ``random``
+    draws each value uniformly (log-uniformly for loguniform); ``optuna`` lets TPE pick."""
 
     kind: str
     values: tuple
@@ -191,10 +197,60 @@ class Study:
     budget: Budget = field(default_factory=Budget)
     scheduler: Scheduler = field(default_factory=Scheduler)
     seed: int = 0  # the searcher's seed
+    searcher: str = "optuna"  # optuna | grid | random
+    seeds: tuple[int, ...] = ()  # grid/random: every point runs once per seed (train.seed)
     source: str = "<dict>"
 
+    def points(self) -> list[dict[str, Any]]:
+        """grid/random: the explicit trial parameters, seeds crossed in (optuna: [])."""
+        if self.searcher == "optuna":
+            return []
+        if self.searcher == "grid":
+            points: list[dict[str, Any]] = [{}]
+            for key, p in self.search.items():
+                points = [
+                    {**pt, key: v} if p.active(pt) else pt
+                    for pt in points
+                    for v in (p.values if p.active(pt) else [None])
+                ]
+        else:
+            rng = random.Random(self.seed)
+            points = [self._draw(rng) for _ in range(self.budget.num_samples)]
+        if self.seeds:
+            points = [{**pt, "train.seed": s} for pt in points for s in self.seeds]
+        return points
 
-STUDY_KEYS = ("name", "config", "search", "objective", "budget", "scheduler", "seed", "smoke")
+    def _draw(self, rng: random.Random) -> dict[str, Any]:
+        pt: dict[str, Any] = {}
+        for key, p in self.search.items():
+            if not p.active(pt):
+                continue
+            if p.kind in FINITE:
+                pt[key] = rng.choice(p.values)
+            elif p.kind == "int":
+                pt[key] = rng.randint(*p.values)
+            elif p.kind == "loguniform":
+                pt[key] = math.exp(rng.uniform(math.log(p.values[0]), math.log(p.values[1])))
+            else:
+                pt[key] = rng.uniform(*p.values)
+        return pt
+
+    def num_trials(self) -> int:
+        return len(self.points()) if self.searcher != "optuna" else self.budget.num_samples
+
+
+STUDY_KEYS = (
+    "name",
+    "config",
+    "search",
+    "searcher",
+    "seeds",
+    "objective",
+    "budget",
+    "scheduler",
+    "seed",
+    "smoke",
+)
 
 
 # ---------------------------------------------------------------------------- validation helpers
@@ -431,7 +487,7 @@ def _parse_param(
     values = spec[kind]
     if not isinstance(values, list) or not values:
         raise ConfigError(f"{where(dotted)}: {dotted}.{kind} must be a non-empty list")
-    if kind != "choice" and len(values) != 2:
+    if kind not in FINITE and len(values) != 2:
         raise ConfigError(f"{where(dotted)}: {dotted}.{kind} must be [low, high]")
     # every value must make a valid config on its own
     checked = []
@@ -439,7 +495,7 @@ def _parse_param(
     for v in values:
         cfg = with_overrides(base, {key: v}, vwhere)
         checked.append(flatten(cfg)[key])
-    if kind != "choice" and not checked[0] < checked[1]:
+    if kind not in FINITE and not checked[0] < checked[1]:
         raise ConfigError(f"{where(dotted)}: {dotted}.{kind} needs low < high, got {values}")
     when = spec.get("when", {})
     if not isinstance(when, Mapping):
@@ -478,11 +534,16 @@ def study_from_dict(
     smoke_set = dict(data.get("smoke") or {}) if smoke else {}
     all_over = {**smoke_set, **dict(overrides or {})}
     sections = {k: dict(data.get(k) or {}) for k in ("objective", "budget", "scheduler")}
-    top = {"name": data["name"], "seed": data.get("seed", 0)}
+    top = {"name": data["name"], "seed": data.get("seed", 0), "seeds": data.get("seeds")}
+    search_raw = (
+        dict(data.get("search") or {})
+        if isinstance(data.get("search"), Mapping)
+        else (data.get("search"))
+    )
     cfg_over = {}
     base = _build(Config, data.get("config") or {}, "config", where)
     sections_of_config = tuple(f"{f.name}." for f in dataclasses.fields(Config))
-    valid_over = [*config_keys(base.task.name), "name", "seed"] + [
+    valid_over = [*config_keys(base.task.name), "name", "seed", "seeds", "search.<key>"] + [
         f"{s}.{f.name}"
         for s, cls in (("objective", Objective), ("budget", Budget), ("scheduler", Scheduler))
         for f in dataclasses.fields(cls)
@@ -491,8 +552,10 @@ def study_from_dict(
     for key, value in all_over.items():
         head, _, rest = key.partition(".")
         origin = _Where("--set" if key in (overrides or {}) else f"{source} smoke")
-        if key in ("name", "seed"):
+        if key in ("name", "seed", "seeds"):
             top[key] = value
+        elif head == "search" and rest and isinstance(search_raw, dict):
+            search_raw[rest] = value  # replaces (or adds) a searched dimension
         elif head in sections and rest:
             sections[head][rest] = value
         elif key.startswith(sections_of_config):
@@ -503,7 +566,7 @@ def study_from_dict(
             raise _unknown(origin, key, key, valid_over)
     lines_cfg = {k.removeprefix("config."): v for k, v in where.lines.items()}
     base = with_overrides(base, cfg_over, _Where(source, lines_cfg))
-    search_raw = data.get("search") or {}
+    search_raw = search_raw or {}
     if not isinstance(search_raw, Mapping):
         raise ConfigError(f"{where('search')}: search must be a mapping of dotted keys")
     search: dict[str, Param] = {}
@@ -521,6 +584,30 @@ def study_from_dict(
         conds = tuple((k, v) for k, v in p.when if k in search)
         if all(fixed[k] in v for k, v in p.when if k not in search):
             resolved[key] = Param(p.kind, p.values, conds)
+    searcher = _coerce(data.get("searcher", "optuna"), str, "searcher", where)
+    if searcher not in SEARCHERS:
+        raise ConfigError(
+            f"{where('searcher')}: searcher {searcher!r} is not one of {', '.join(SEARCHERS)}"
+        )
+    seeds = top["seeds"] or []
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{where('seeds')}: seeds must be a list of integers, got {seeds!r}")
+    for key, p in resolved.items():
+        if searcher == "grid" and p.kind not in FINITE:
+            raise ConfigError(
+                f"{where(f'search.{key}')}: searcher: grid needs finite lists, but search.{key} "
+                f"is {p.kind}; use {{grid: [...]}} or searcher: random / optuna"
+            )
+        if searcher == "optuna" and p.kind == "grid":
+            raise ConfigError(
+                f"{where(f'search.{key}')}: search.{key} is a grid, which needs searcher: grid "
+                "(every combination); for Optuna write {choice: [...]}"
+            )
+    if searcher == "optuna" and seeds:
+        raise ConfigError(
+            f"{where('seeds')}: seeds are crossed with searcher: grid or random; with Optuna, "
+            "set train.seed in config (or search it) instead"
+        )
     try:
         study = Study(
             name=_coerce(top["name"], str, "name", where),
@@ -530,6 +617,8 @@ def study_from_dict(
             budget=_build(Budget, sections["budget"], "budget", where),
             scheduler=_build(Scheduler, sections["scheduler"], "scheduler", where),
             seed=_coerce(top["seed"], int, "seed", where),
+            searcher=searcher,
+            seeds=tuple(seeds),
             source=source,
         )
     except _FieldError as e:  # pragma: no cover - sections raise ConfigError already

@@ -215,19 +215,68 @@ def fit(
 
     t0, tokens, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
     last_report = t0
+
+    def evaluate_and_report(done: int, error: str | None = None) -> None:
+        nonlocal loss_sum, loss_n, tokens, last_report
+        metrics = {}
+        for split_name, split in evals.items():
+            result = evaluate(
+                model,
+                core,
+                split,
+                task,
+                local_batch * 4,
+                device,
+                amp,
+                t.seed,
+                cfg.kernel.eval_draws,
+                train_draw(done - 1),
+            )
+            metrics.update({f"{metric_prefix(split_name)}{k}": v for k, v in result.items()})
+        now = time.perf_counter()
+        train_loss, n, tok = _all_sum([loss_sum, float(loss_n), float(tokens)], device)
+        metrics.update(
+            step=done,
+            epoch=done / steps_per_epoch,
+            train_loss=train_loss / max(n, 1),
+            tokens_per_s=tok / max(now - last_report, 1e-9),
+            seconds=elapsed + now - t0,
+            lr=sched.get_last_lr()[0],
+            peak_mem_mib=peak_memory_mib(device),
+            num_params=num_params,
+        )
+        snapshot = None
+        if error is not None:
+            metrics["error"] = error  # the driver turns this into a failed (ERROR) trial
+        elif rank == 0:
+            snapshot = {
+                "model": core.state_dict(),
+                "optim": optim.state_dict(),
+                "sched": sched.state_dict(),
+                "step": done,
+                "seconds": metrics["seconds"],
+                "config": to_dict(cfg),
+            }
+        report(metrics, snapshot)
+        loss_sum, loss_n, tokens, last_report = 0.0, 0, 0, time.perf_counter()
+
     for step, idx in batches(len(train), local_batch, t.seed + 7919 * rank, start):
         if step >= t.max_steps:
             break
         if redraw and step % redraw == 0 and step > start:
             core.encoder.resample_kernels(t.seed, train_draw(step))
+        inject_failure(step)
         batch = {k: v.to(device) for k, v in train.batch(idx).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = core.loss(model(batch), batch["label"])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at step {step + 1}; lower train.lr or check "
-                "the kernel (the run stops here, its checkpoints are kept)"
+        # all ranks agree, so that all of them stop (report is a barrier)
+        if _all_sum([0.0 if torch.isfinite(loss) else 1.0], device)[0] > 0:
+            evaluate_and_report(
+                step + 1,
+                error=f"training loss became {loss.item()} at step {step + 1}; lower train.lr "
+                "or check the kernel (the run stopped; earlier checkpoints are kept)",
             )
+            return
         optim.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip > 0:
@@ -238,46 +287,22 @@ def fit(
         loss_sum, loss_n, tokens = loss_sum + loss.item(), loss_n + 1, tokens + real
         done = step + 1
         if done % t.eval_every == 0 or done == t.max_steps:
-            metrics = {}
-            for split_name, split in evals.items():
-                result = evaluate(
-                    model,
-                    core,
-                    split,
-                    task,
-                    local_batch * 4,
-                    device,
-                    amp,
-                    t.seed,
-                    cfg.kernel.eval_draws,
-                    train_draw(step),
-                )
-                prefix = metric_prefix(split_name)
-                metrics.update({f"{prefix}{k}": v for k, v in result.items()})
-            now = time.perf_counter()
-            train_loss, n, tok = _all_sum([loss_sum, float(loss_n), float(tokens)], device)
-            metrics.update(
-                step=done,
-                epoch=done / steps_per_epoch,
-                train_loss=train_loss / max(n, 1),
-                tokens_per_s=tok / max(now - last_report, 1e-9),
-                seconds=elapsed + now - t0,
-                lr=sched.get_last_lr()[0],
-                peak_mem_mib=peak_memory_mib(device),
-                num_params=num_params,
-            )
-            snapshot = None
-            if rank == 0:
-                snapshot = {
-                    "model": core.state_dict(),
-                    "optim": optim.state_dict(),
-                    "sched": sched.state_dict(),
-                    "step": done,
-                    "seconds": metrics["seconds"],
-                    "config": to_dict(cfg),
-                }
-            report(metrics, snapshot)
-            loss_sum, loss_n, tokens, last_report = 0.0, 0, 0, time.perf_counter()
+            evaluate_and_report(done)
+
+
+def inject_failure(step: int) -> None:
+    """Fault injection for tests: with LK_STUDY_FAIL_AT_STEP=k and LK_STUDY_FAIL_MARKER=PATH,
+    the first worker to reach step k (0-based) creates PATH and raises; retries pass."""
+    at = os.environ.get("LK_STUDY_FAIL_AT_STEP")
+    marker = os.environ.get("LK_STUDY_FAIL_MARKER")
+    if at is None or marker is None or step != int(at):
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise RuntimeError(f"injected worker failure at step {step} (LK_STUDY_FAIL_AT_STEP)")
 
 
 # ---------------------------------------------------------------------------- Ray Train

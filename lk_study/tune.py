@@ -44,6 +44,7 @@ from lk_study.config import (
 from lk_study.train import train_loop_per_worker
 
 DRIVER_CPU = 0.1
+POINT = "point"  # grid/random: each trial's parameters, one explicit dict per trial
 DEFAULT_STORAGE = "lk_results"
 
 
@@ -76,8 +77,9 @@ def tpe_sampler(seed: int) -> optuna.samplers.TPESampler:
 
 
 def trial_driver(params: dict, base: dict, train_storage: str) -> None:
-    """One Tune trial: run Ray Train on the base config with this trial's parameters."""
-    cfg = with_overrides(config_from_dict(base), params)
+    """One Tune trial: run Ray Train on the base config with this trial's parameters
+    (Optuna's suggestions, or a grid/random ``point``)."""
+    cfg = with_overrides(config_from_dict(base), params.get(POINT, params))
     trial_id = tune.get_context().get_trial_id()
     s = cfg.scaling
     trainer = TorchTrainer(
@@ -96,7 +98,10 @@ def trial_driver(params: dict, base: dict, train_storage: str) -> None:
             failure_config=ray.train.FailureConfig(max_failures=2),
         ),
     )
-    trainer.fit()
+    result = trainer.fit()
+    error = (result.metrics or {}).get("error")
+    if error:  # reported by the workers (e.g. a NaN loss): fail this trial, not the study
+        raise FloatingPointError(error)
 
 
 def trial_resources(study: Study) -> tuple[float, float]:
@@ -157,6 +162,8 @@ def study_record(study: Study) -> dict:
         "objective": to_dict(study.objective),
         "config": flatten(study.config),
         "search": {k: to_dict(p) for k, p in study.search.items()},
+        "searcher": study.searcher,
+        "seeds": list(study.seeds),
     }
 
 
@@ -184,13 +191,22 @@ def run_study(study: Study, storage: str | None = None) -> str:
     else:
         analysis.write_json(exp_path, analysis.STUDY_FILE, record)
         obj = study.objective
-        searcher = OptunaSearch(
-            DefineByRun(study.search),
-            metric=obj.metric,
-            mode=obj.mode,
-            sampler=tpe_sampler(study.seed),
-        )
         n = concurrency(study, ray.cluster_resources())
+        if study.searcher == "optuna":
+            optuna_search = OptunaSearch(
+                DefineByRun(study.search),
+                metric=obj.metric,
+                mode=obj.mode,
+                sampler=tpe_sampler(study.seed),
+            )
+            search = {
+                "search_alg": ConcurrencyLimiter(optuna_search, max_concurrent=n),
+                "num_samples": study.budget.num_samples,
+            }
+            param_space = {}
+        else:  # every point once, in order
+            search = {"max_concurrent_trials": n, "num_samples": 1}
+            param_space = {POINT: tune.grid_search(study.points())}
         sch = study.scheduler
         if sch.name == "asha":
             scheduler = ASHAScheduler(
@@ -202,17 +218,14 @@ def run_study(study: Study, storage: str | None = None) -> str:
         else:
             scheduler = FIFOScheduler()
         print(
-            f"Study {study.name!r}: {study.budget.num_samples} trials, {n} at a time, "
-            f"storage {exp_path}"
+            f"Study {study.name!r}: {study.num_trials()} trials ({study.searcher}), "
+            f"{n} at a time, storage {exp_path}"
         )
         tuner = tune.Tuner(
             trainable,
+            param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=obj.metric,
-                mode=obj.mode,
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=n),
-                scheduler=scheduler,
-                num_samples=study.budget.num_samples,
+                metric=obj.metric, mode=obj.mode, scheduler=scheduler, **search
             ),
             run_config=tune.RunConfig(name=study.name, storage_path=root),
         )

@@ -1,5 +1,7 @@
 """The strict study loader: bad keys fail with file, line, key and the valid keys."""
 
+from pathlib import Path
+
 import pytest
 
 from lk_study.cli import main
@@ -92,3 +94,59 @@ def test_dry_run_prints_space(capsys):
     assert main(["tune", QUICKSTART, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "kernel.num_features: choice [8, 32] when kernel.name in ['prf', 'gmm_prf']" in out
+
+
+@pytest.mark.parametrize("path", sorted(Path("search_spaces").glob("*.yaml")), ids=str)
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_study_file_compiles(path, smoke, capsys):
+    assert main(["tune", str(path), "--dry-run", *(["--smoke"] if smoke else [])]) == 0
+    assert "trials" in capsys.readouterr().out
+
+
+def test_grid_points_respect_conditions_and_cross_seeds(tmp_path):
+    p = write(
+        tmp_path,
+        "name: g\nsearcher: grid\nseeds: [0, 1]\nsearch:\n"
+        "  kernel.name: {grid: [softmax, prf]}\n"
+        "  kernel.num_features: {grid: [8, 16], when: {kernel.name: [prf]}}\n",
+    )
+    study = load_study(p)
+    points = study.points()
+    assert study.num_trials() == len(points) == 6  # (softmax + 2 prf) x 2 seeds
+    assert {"kernel.name": "softmax", "train.seed": 1} in points
+    assert {"kernel.name": "prf", "kernel.num_features": 16, "train.seed": 0} in points
+
+
+def test_random_searcher_draws_within_bounds(tmp_path):
+    p = write(
+        tmp_path,
+        "name: r\nsearcher: random\nbudget: {num_samples: 20}\nsearch:\n"
+        "  train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n  kernel.name: {choice: [prf, elu]}\n",
+    )
+    points = load_study(p).points()
+    assert len(points) == 20 and all(1e-4 <= pt["train.lr"] <= 1e-2 for pt in points)
+    assert {pt["kernel.name"] for pt in points} == {"prf", "elu"}
+    assert points == load_study(p).points()  # seeded
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "searcher: grid\nsearch:\n  train.lr: {uniform: [0.1, 0.2]}\n",
+            r"study.yaml:4: searcher: grid needs finite lists",
+        ),
+        ("search:\n  kernel.name: {grid: [prf]}\n", r"study.yaml:3: .*needs searcher: grid"),
+        ("searcher: grid\nsearch:\n  kernel.name: {grid: []}\n", r"study.yaml:4: .*non-empty list"),
+        ("seeds: [0, 1]\n", r"study.yaml:2: seeds are crossed with searcher: grid or random"),
+        ("searcher: bayes\n", r"study.yaml:2: searcher 'bayes' is not one of optuna, grid"),
+        (
+            "searcher: grid\nsearch:\n"
+            "  kernel.num_features: {grid: [8], when: {kernel.nam: [prf]}}\n",
+            r"study.yaml:4: .*refers to 'kernel.nam'",
+        ),
+    ],
+)
+def test_malformed_searches_are_rejected(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_study(write(tmp_path, "name: s\n" + text))

@@ -118,3 +118,21 @@ def test_evaluation_is_deterministic_and_restores_the_training_draw(tmp_path):
     assert three == evaluate(*args, eval_draws=3, train_draw=7)
     assert three["loss"] != one["loss"]
     assert torch.equal(model.encoder.layers[0].attn.kernel.eps, before)
+
+
+def test_non_finite_loss_stops_the_run_with_a_reason():
+    cfg = with_overrides(
+        Config(),
+        {
+            **TINY,
+            "train.lr": 1e12,
+            "train.max_steps": 200,
+            "train.eval_every": 100,
+            "train.batch_size": 16,
+        },
+    )
+    reports = []
+    fit(cfg, lambda m, s: reports.append((m, s)))
+    metrics, snapshot = reports[-1]
+    assert "training loss became" in metrics["error"] and snapshot is None
+    assert metrics["step"] < 200

@@ -108,3 +108,13 @@ def test_rerun_resumes_and_keeps_finished_trials(smoke_study):
     after = pd.read_parquet(path / "trials.parquet").set_index("trial_id")
     assert set(after.index) == set(before.index)
     assert (after.loc[before.index, "best.val_accuracy"] == before["best.val_accuracy"]).all()
+
+
+def test_grid_study_with_seeds(tmp_path):
+    out = cli("tune", "search_spaces/sparsity.yaml", "--smoke", "--storage", str(tmp_path))
+    assert "4 trials (grid)" in out
+    trials = pd.read_parquet(tmp_path / "sparsity-smoke" / "trials.parquet")
+    combos = set(zip(trials["kernel.name"], trials["task.num_signal"], strict=True))
+    assert combos == {("softmax", 5), ("softmax", 15), ("gmm_prf", 5), ("gmm_prf", 15)}
+    assert (trials["train.seed"] == 0).all() and (trials["status"] == "TERMINATED").all()
+    assert (trials["step"] == 10).all()  # scheduler none: every trial runs to the end

@@ -9,6 +9,8 @@ import inspect
 
 from lk_study.kernels.base import FeatureMap, RandomFeatureMap
 from lk_study.kernels.elu import ELU
+from lk_study.kernels.fastfood import FastFoodPRF, FastFoodRKS
+from lk_study.kernels.generator import GeneratorPRF, GeneratorRKS
 from lk_study.kernels.gmm import GMMPRF, GMMRKS
 from lk_study.kernels.prf import PRF, RKS
 from lk_study.kernels.softmax import Softmax
@@ -20,6 +22,10 @@ KERNELS: dict[str, type[FeatureMap]] = {
     "prf": PRF,
     "gmm_rks": GMMRKS,
     "gmm_prf": GMMPRF,
+    "fastfood_rks": FastFoodRKS,
+    "fastfood_prf": FastFoodPRF,
+    "generator_rks": GeneratorRKS,
+    "generator_prf": GeneratorPRF,
 }
 
 

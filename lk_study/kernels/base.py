@@ -191,3 +191,28 @@ class RandomFeatureMap(FeatureMap):
     def forward(self, x: Tensor) -> Tensor:
         """(B, H, T, d) -> φ(x) (B, H, T, M), with the current draw."""
         return self.component.features(*self._project(x))
+
+
+def sampled_kernel(
+    component: Positive | Trig, x: Tensor, y: Tensor, omega: Tensor, log_w: Tensor
+) -> Tensor:
+    """Σ_j φ_j(x) φ_j(y) for given frequencies: the kernel of one finite draw.
+
+    Args:
+        x (B, H, T, d), y (B, H, S, d) already scaled to x', y'; omega (H, m, d); log_w (H, m).
+    Returns (B, H, T, S). Positive components are evaluated in log space with per-row shifts,
+    so the result is exact up to rounding unless the kernel itself over- or underflows. Families
+    without a closed form average this over a large fixed sample of their random parts.
+    """
+    proj_x = torch.einsum("bhtd,hmd->bhtm", x, omega)
+    proj_y = torch.einsum("bhsd,hmd->bhsm", y, omega)
+    sq_x, sq_y = x.pow(2).sum(-1, keepdim=True), y.pow(2).sum(-1, keepdim=True)
+    if component.positive:
+        log_x = component.log_features(proj_x, sq_x, log_w)
+        log_y = component.log_features(proj_y, sq_y, log_w)
+        shift_x, shift_y = log_x.amax(-1, keepdim=True), log_y.amax(-1, keepdim=True)
+        k = (log_x - shift_x).exp() @ (log_y - shift_y).exp().transpose(-2, -1)
+        return k * (shift_x + shift_y.transpose(-2, -1)).exp()
+    phi_x = component.features(proj_x, sq_x, log_w)
+    phi_y = component.features(proj_y, sq_y, log_w)
+    return phi_x @ phi_y.transpose(-2, -1)
