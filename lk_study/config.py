@@ -63,6 +63,7 @@ class KernelConfig:
     num_features: int = 64  # M per head; ignored by softmax
     num_components: int = 1  # GMM families
     covariance: str = "diag"  # GMM families: diag | full
+    hidden_dim: int = 64  # generator families: width of the MLP g_θ
     redraw: int = 0  # redraw random features every N training steps (1 = every step); 0 = never
     eval_draws: int = 0  # 0: evaluate with the current training draw; n: mean over n fixed draws
 
@@ -75,6 +76,7 @@ class KernelConfig:
         _check(self.num_features >= 1, "num_features", "must be >= 1")
         _check(self.num_components >= 1, "num_components", "must be >= 1")
         _check(self.covariance in ("diag", "full"), "covariance", "must be diag or full")
+        _check(self.hidden_dim >= 1, "hidden_dim", "must be >= 1")
         _check(self.redraw >= 0, "redraw", "must be >= 0 (0 = never)")
         _check(self.eval_draws >= 0, "eval_draws", "must be >= 0 (0 = the training draw)")
 

@@ -58,6 +58,20 @@ def build_model(cfg: Config) -> Classifier:
     return Classifier(encoder, task.num_outputs(cfg.task), m.dropout)
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices only; none on biases, LayerNorm, and the
+    kernels' spectral parameters (decay would pull learned S, G, μ, log σ towards 0, a
+    different kernel rather than a simpler one)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        spectral = ".kernel." in f".{name}"
+        (no_decay if spectral or p.ndim < 2 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
 def lr_factor(t: TrainConfig, step: int) -> float:
     """Multiplier of ``t.lr`` at ``step`` (see TrainConfig for the formulas)."""
     w = max(t.warmup, 1)
@@ -190,7 +204,7 @@ def fit(
     core = build_model(cfg).to(device)
     num_params = sum(p.numel() for p in core.parameters())
     optim = torch.optim.AdamW(
-        core.parameters(),
+        param_groups(core, t.weight_decay),
         lr=t.lr,
         betas=(t.beta1, t.beta2),
         eps=t.adam_eps,

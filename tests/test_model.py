@@ -136,3 +136,15 @@ def test_non_finite_loss_stops_the_run_with_a_reason():
     metrics, snapshot = reports[-1]
     assert "training loss became" in metrics["error"] and snapshot is None
     assert metrics["step"] < 200
+
+
+def test_no_weight_decay_on_spectral_parameters():
+    from lk_study.train import param_groups
+
+    cfg = with_overrides(Config(), {**TINY, "kernel.name": "gmm_prf", "kernel.num_features": 8})
+    model = build_model(cfg)
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(".kernel." not in names[id(p)] and p.ndim == 2 for p in decay["params"])
+    assert any(".kernel.mu" in names[id(p)] for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
