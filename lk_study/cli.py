@@ -1,10 +1,13 @@
 """``lk-study``: run studies, read their results, list kernels.
 
 lk-study tune STUDY.yaml [--storage PATH_OR_URI] [--set key=value ...] [--smoke] [--dry-run]
+lk-study train STUDY.yaml [--storage ...] [--set key=value ...] [--smoke]
 lk-study results PATH [--out FILE.parquet|FILE.csv]
 lk-study kernels
 lk-study data prepare TASK [--source SRC] [--set task.key=value ...]
 lk-study data generate listops --out DIR --num N [--seed S]
+lk-study bench attention [--kernels K ...] [--lengths N ...] [--batch B] [--heads H]
+    [--head-dim D] [--num-features M] [--repeats R] [--device DEV] [--out FILE.csv]
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lk_study.bench import AttentionBench, bench_attention, format_ratios, write_csv
 from lk_study.config import ConfigError, load_study, parse_value
 
 
@@ -43,7 +47,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     from lk_study.tune import run_study  # imports Ray: only when a study really runs
 
-    run_study(study, args.storage)
+    run_study(study, args.storage, args.address)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    study = load_study(args.study, parse_sets(args.set), smoke=args.smoke)
+    if args.smoke:
+        study = study.__class__(**{**study.__dict__, "name": f"{study.name}-smoke"})
+    from lk_study.tune import run_single
+
+    run_single(study, args.storage, args.address)
     return 0
 
 
@@ -101,6 +115,29 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_attention(args: argparse.Namespace) -> int:
+    if args.out and Path(args.out).suffix != ".csv":
+        raise ConfigError(f"--out {args.out}: use a .csv file name")
+    device = {"device": args.device} if args.device else {}
+    cfg = AttentionBench(
+        kernels=tuple(args.kernels),
+        lengths=tuple(args.lengths),
+        batch=args.batch,
+        heads=args.heads,
+        head_dim=args.head_dim,
+        num_features=args.num_features,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        **device,
+    )
+    rows = bench_attention(cfg)
+    print(format_ratios(rows))
+    if args.out:
+        write_csv(rows, args.out)
+        print(f"\nWrote {len(rows)} rows to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lk-study", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,7 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--dry-run", action="store_true", help="print the compiled search space, start nothing"
     )
+    p.add_argument("--address", help="join a running Ray cluster (default: RAY_ADDRESS or local)")
     p.set_defaults(func=cmd_tune)
+    p = sub.add_parser("train", help="one Ray Train run of a study file's base config, no search")
+    p.add_argument("study", help="study YAML; its search space is ignored (fix keys with --set)")
+    p.add_argument("--storage", help="checkpoint folder or URI (default ./lk_results)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--smoke", action="store_true", help="apply the file's smoke: overrides")
+    p.add_argument("--address", help="join a running Ray cluster")
+    p.set_defaults(func=cmd_train)
     p = sub.add_parser("results", help="print a study's leaderboard; write its trials table")
     p.add_argument("path", help="the study folder, e.g. lk_results/quickstart")
     p.add_argument("--out", help="write one row per trial to FILE.parquet or FILE.csv")
@@ -148,6 +193,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num", type=int, required=True, help="number of examples")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_generate)
+    bench = sub.add_parser("bench", help="efficiency benchmarks (CSV out)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    p = bench_sub.add_parser(
+        "attention",
+        help="time the attention core fwd and fwd+bwd against sdpa, floor and performer",
+    )
+    defaults = AttentionBench(device="cpu")
+    p.add_argument(
+        "--kernels",
+        nargs="+",
+        default=list(defaults.kernels),
+        metavar="K",
+        help="registry kernels (sdpa, floor and performer always run; default: all but softmax)",
+    )
+    p.add_argument("--lengths", nargs="+", type=int, default=list(defaults.lengths), metavar="N")
+    for flag, name in [
+        ("--batch", "batch"),
+        ("--heads", "heads"),
+        ("--head-dim", "head_dim"),
+        ("--num-features", "num_features"),
+        ("--repeats", "repeats"),
+        ("--warmup", "warmup"),
+    ]:
+        p.add_argument(flag, type=int, default=getattr(defaults, name))
+    p.add_argument("--device", help="cpu or cuda[:i] (default: cuda if available)")
+    p.add_argument("--out", help="write one row per (kernel, length, pass) to FILE.csv")
+    p.set_defaults(func=cmd_bench_attention)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

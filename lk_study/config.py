@@ -42,9 +42,9 @@ class ModelConfig:
     num_heads: int = 4
     d_ff: int = 128
     dropout: float = 0.1
-    dual_combine: str = (
-        "concat"  # two-sequence tasks: [z1; z2] (concat) or [z1, z2, z1*z2, z1-z2] (full)
-    )
+    # two-sequence tasks: [z1; z2] (concat) or [z1, z2, z1*z2, z1-z2] (full)
+    dual_combine: str = "concat"
+    init_from: str = ""  # checkpoint whose encoder weights start the model (MLM -> GLUE)
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_layers", "num_heads", "d_ff"):

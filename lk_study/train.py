@@ -27,6 +27,7 @@ import torch.distributed as dist
 from lk_study.config import Config, TrainConfig, config_from_dict, to_dict
 from lk_study.kernels import build_kernel, family_params
 from lk_study.models import Classifier, DualClassifier, Encoder, Regressor
+from lk_study.models.mlm import MaskedLM, load_encoder
 from lk_study.tasks import Split, get_task, prepare
 
 CHECKPOINT_FILE = "state.pt"
@@ -51,6 +52,8 @@ def build_model(cfg: Config) -> Classifier:
         m.dropout,
         make_kernel,
     )
+    if task.head == "mlm":
+        return MaskedLM(encoder)
     if task.head == "regress":
         return Regressor(encoder, m.dropout)
     if task.head == "dual":
@@ -212,6 +215,10 @@ def fit(
     )
     sched = torch.optim.lr_scheduler.LambdaLR(optim, functools.partial(lr_factor, t))
     start, elapsed = 0, 0.0
+    if state is None and cfg.model.init_from:
+        loaded = load_encoder(core, cfg.model.init_from)
+        if rank == 0:
+            print(f"Loaded {len(loaded)} encoder tensors from {cfg.model.init_from}")
     if state is not None:
         core.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
@@ -261,7 +268,7 @@ def fit(
         )
         snapshot = None
         if error is not None:
-            metrics["error"] = error  # the driver turns this into a failed (ERROR) trial
+            metrics["error"] = error
         elif rank == 0:
             snapshot = {
                 "model": core.state_dict(),
@@ -285,12 +292,12 @@ def fit(
             loss = core.loss(model(batch), batch["label"])
         # all ranks agree, so that all of them stop (report is a barrier)
         if _all_sum([0.0 if torch.isfinite(loss) else 1.0], device)[0] > 0:
-            evaluate_and_report(
-                step + 1,
-                error=f"training loss became {loss.item()} at step {step + 1}; lower train.lr "
-                "or check the kernel (the run stopped; earlier checkpoints are kept)",
+            reason = (
+                f"training loss became {loss.item()} at step {step + 1}; lower train.lr or "
+                "check the kernel (earlier checkpoints are kept)"
             )
-            return
+            evaluate_and_report(step + 1, error=reason)  # the metrics reach Tune, then fail
+            raise FloatingPointError(reason)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip > 0:

@@ -98,10 +98,7 @@ def trial_driver(params: dict, base: dict, train_storage: str) -> None:
             failure_config=ray.train.FailureConfig(max_failures=2),
         ),
     )
-    result = trainer.fit()
-    error = (result.metrics or {}).get("error")
-    if error:  # reported by the workers (e.g. a NaN loss): fail this trial, not the study
-        raise FloatingPointError(error)
+    trainer.fit()  # a worker's exception (e.g. a NaN loss) fails this trial, not the study
 
 
 def trial_resources(study: Study) -> tuple[float, float]:
@@ -136,12 +133,12 @@ def storage_uri(storage: str | None) -> str:
     return storage if "://" in storage else os.path.abspath(storage)
 
 
-def ensure_ray() -> bool:
+def ensure_ray(address: str | None = None) -> bool:
     """Start an embedded Ray (or attach to RAY_ADDRESS / the job's cluster); check the State
     API. Returns True if this call started (or attached) Ray and so should shut it down."""
     started = not ray.is_initialized()
     if started:
-        ray.init(logging_level="WARNING")
+        ray.init(address=address, logging_level="WARNING")
     try:
         from ray.util.state import list_nodes
 
@@ -167,7 +164,7 @@ def study_record(study: Study) -> dict:
     }
 
 
-def run_study(study: Study, storage: str | None = None) -> str:
+def run_study(study: Study, storage: str | None = None, address: str | None = None) -> str:
     """Run (or resume) ``study``; returns the experiment path. Prints the leaderboard."""
     root = storage_uri(storage)
     exp_path = f"{root.rstrip('/')}/{study.name}"
@@ -178,7 +175,7 @@ def run_study(study: Study, storage: str | None = None) -> str:
             f"{exp_path} holds a different study named {study.name!r} (its config or search "
             "space differ); pass another --storage or rename the study, so its trials are kept"
         )
-    started = ensure_ray()
+    started = ensure_ray(address)
     trainable = tune.with_resources(
         tune.with_parameters(
             trial_driver, base=to_dict(study.config), train_storage=f"{exp_path}/train_runs"
@@ -238,3 +235,38 @@ def run_study(study: Study, storage: str | None = None) -> str:
     print(analysis.format_leaderboard(table))
     print(f"\nResults table: {out}")
     return exp_path
+
+
+def run_single(study: Study, storage: str | None = None, address: str | None = None) -> dict:
+    """One Ray Train run of the study's base config (no Tune, no search); returns its last
+    metrics. Storage: STORAGE/STUDY-single/ (checkpoints; rerunning resumes)."""
+    root = storage_uri(storage)
+    started = ensure_ray(address)
+    s = study.config.scaling
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(study.config)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker=dict(s.resources_per_worker),
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{study.name}-single",
+            storage_path=root,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=2),
+        ),
+    )
+    result = trainer.fit()
+    if started:
+        ray.shutdown()
+    metrics = dict(result.metrics or {})
+    print(
+        "Final metrics: "
+        + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+        )
+    )
+    print(f"Checkpoints: {root}/{study.name}-single")
+    return metrics

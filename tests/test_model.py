@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from lk_study.config import Config, with_overrides
@@ -132,7 +133,8 @@ def test_non_finite_loss_stops_the_run_with_a_reason():
         },
     )
     reports = []
-    fit(cfg, lambda m, s: reports.append((m, s)))
+    with pytest.raises(FloatingPointError, match="training loss became nan"):
+        fit(cfg, lambda m, s: reports.append((m, s)))
     metrics, snapshot = reports[-1]
     assert "training loss became" in metrics["error"] and snapshot is None
     assert metrics["step"] < 200

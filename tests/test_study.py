@@ -118,3 +118,36 @@ def test_grid_study_with_seeds(tmp_path):
     assert combos == {("softmax", 5), ("softmax", 15), ("gmm_prf", 5), ("gmm_prf", 15)}
     assert (trials["train.seed"] == 0).all() and (trials["status"] == "TERMINATED").all()
     assert (trials["step"] == 10).all()  # scheduler none: every trial runs to the end
+
+
+FAULTS_STUDY = """
+name: faults
+searcher: grid
+config:
+  task: {name: sparsity, size: 400, seq_len: 16, num_signal: 3, num_types: 3}
+  model: {d_model: 16, num_layers: 1, num_heads: 2, d_ff: 32}
+  kernel: {name: prf, num_features: 8}
+  train: {batch_size: 16, max_steps: 20, eval_every: 5, lr: 3.0e-3, warmup: 2}
+  scaling: {resources_per_worker: {CPU: 0.9}}
+search:
+  train.lr: {grid: [3.0e-3, 1.0e+12]}
+scheduler: {name: none}
+"""
+
+
+def test_worker_failure_is_retried_and_nan_trial_errors(tmp_path, monkeypatch):
+    study = tmp_path / "faults.yaml"
+    study.write_text(FAULTS_STUDY)
+    marker = tmp_path / "failed-once"
+    monkeypatch.setenv("LK_STUDY_FAIL_AT_STEP", "12")
+    monkeypatch.setenv("LK_STUDY_FAIL_MARKER", str(marker))
+    cli("tune", str(study), "--storage", str(tmp_path / "runs"))
+    assert marker.exists()  # the failure was injected (in the healthy trial: the other NaNs early)
+    res = load_study(str(tmp_path / "runs" / "faults"))
+    trials = res.trials.set_index("train.lr")
+    healthy, diverged = trials.loc[3e-3], trials.loc[1e12]
+    assert healthy["status"] == "TERMINATED" and healthy["step"] == 20
+    assert diverged["status"] == "ERROR"
+    assert "training loss became nan" in diverged["error"]
+    steps = res.curves[res.curves["trial_id"] == healthy["trial_id"]]["step"].tolist()
+    assert steps[-1] == 20 and 10 in steps  # resumed from the step-10 checkpoint

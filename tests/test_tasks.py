@@ -92,7 +92,7 @@ def test_text_bad_rows_error_or_skip(tmp_path):
     paths = prepare(with_overrides(Config(), {**base, "task.on_bad_rows": "skip"}).task)
     assert len(Split(paths["train"])) == 2
     missing = with_overrides(Config(), {**base, "task.source": str(tmp_path / "nope")})
-    with pytest.raises(FileNotFoundError, match="nope: no such folder"):
+    with pytest.raises(FileNotFoundError, match="nope not found or not a saved DatasetDict"):
         prepare(missing.task)
 
 

@@ -2,5 +2,6 @@
 
 from lk_study.models.encoder import Encoder, draw_seed
 from lk_study.models.heads import Classifier, DualClassifier, Regressor
+from lk_study.models.mlm import MaskedLM
 
-__all__ = ["Classifier", "DualClassifier", "Encoder", "Regressor", "draw_seed"]
+__all__ = ["Classifier", "DualClassifier", "Encoder", "MaskedLM", "Regressor", "draw_seed"]

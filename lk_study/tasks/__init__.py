@@ -6,11 +6,13 @@ See ``lk_study.tasks.base`` for the interface every entry implements.
 from __future__ import annotations
 
 from lk_study.tasks.base import Split, TaskConfig
+from lk_study.tasks.glue import Glue
 from lk_study.tasks.image import Image
 from lk_study.tasks.listops import ListOps
 from lk_study.tasks.retrieval import Retrieval
 from lk_study.tasks.sparsity import Sparsity
 from lk_study.tasks.text import Text
+from lk_study.tasks.wikitext import WikiText103MLM
 
 TASKS = {
     "listops": ListOps(),
@@ -18,6 +20,16 @@ TASKS = {
     "retrieval": Retrieval(),
     "image": Image(),
     "sparsity": Sparsity(),
+    "wikitext103_mlm": WikiText103MLM(),
+    "glue/cola": Glue("cola"),
+    "glue/sst2": Glue("sst2"),
+    "glue/mrpc": Glue("mrpc"),
+    "glue/qqp": Glue("qqp"),
+    "glue/stsb": Glue("stsb"),
+    "glue/mnli": Glue("mnli"),
+    "glue/qnli": Glue("qnli"),
+    "glue/rte": Glue("rte"),
+    "glue/wnli": Glue("wnli"),
 }
 
 

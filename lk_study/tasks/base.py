@@ -163,22 +163,6 @@ def byte_ids(text: str, max_len: int) -> np.ndarray:
 BYTE_VOCAB = 257
 
 
-def load_hf(source: str, hub_name: str, hub_config: str | None = None):
-    """A ``datasets.DatasetDict``: from the Hugging Face hub (``source: hub``; needs network
-    the first time, then the datasets cache) or from a folder written by ``save_to_disk``."""
-    import datasets
-
-    if source == "hub":
-        return datasets.load_dataset(hub_name, hub_config)
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"task source {source}: no such folder; expected a DatasetDict saved with "
-            f"save_to_disk (or use source: hub for {hub_name})"
-        )
-    return datasets.load_from_disk(str(path))
-
-
 class BadRows:
     """Collects malformed rows: raise at once (``on_bad_rows: error``) or skip and count."""
 

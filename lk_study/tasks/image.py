@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from lk_study.tasks import metrics
-from lk_study.tasks.base import BadRows, TaskConfig, check, ids_array, load_hf, prepare_cached
+from lk_study.tasks.base import BadRows, TaskConfig, check, ids_array, prepare_cached
+from lk_study.tasks.hf import load_splits
 
 HUB_NAME = "uoft-cs/cifar10"
 SPLITS = {"train": "train", "validation": "test"}
@@ -108,7 +109,7 @@ class Image:
                     "train": pixel_table(images[:n_train], labels[:n_train]),
                     "validation": pixel_table(images[n_train:], labels[n_train:]),
                 }
-            data = load_hf(cfg.source, HUB_NAME)
+            data = load_splits(cfg.source, HUB_NAME, None, list(SPLITS.values()))
             return {
                 ours: encode_hf(data[theirs], cfg, f"{cfg.source} split {theirs}")
                 for ours, theirs in SPLITS.items()

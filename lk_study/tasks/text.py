@@ -24,9 +24,9 @@ from lk_study.tasks.base import (
     byte_ids,
     check,
     ids_array,
-    load_hf,
     prepare_cached,
 )
+from lk_study.tasks.hf import load_splits
 
 HUB_NAME = "stanfordnlp/imdb"
 SPLITS = {"train": "train", "validation": "test"}  # ours -> IMDb's
@@ -84,7 +84,7 @@ class Text:
 
     def prepare(self, cfg: TextConfig) -> dict[str, Path]:
         def build() -> dict[str, pa.Table]:
-            data = load_hf(cfg.source, HUB_NAME)
+            data = load_splits(cfg.source, HUB_NAME, None, list(SPLITS.values()))
             return {
                 ours: encode_rows(data[theirs], cfg, f"{cfg.source} split {theirs}")
                 for ours, theirs in SPLITS.items()

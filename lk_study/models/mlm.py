@@ -1,0 +1,128 @@
+"""Masked-LM head (BERT) and loading a pre-trained encoder into any head.
+
+    hidden states (B, T+1, D) --drop row 0 ([CLS])--> h (B, T, D)
+    --gather the N target positions (label ≠ IGNORE)--> (N, D)
+    --transform: Linear(D, D) -> GELU -> LayerNorm--> (N, D)
+    --decoder tied to the input embedding E (V, D): logits = h Eᵀ + b--> (N, V)
+
+The decoder runs only where there is a target, as in Google's BERT (``gather_indexes``):
+with V ≈ 30K the (B, T, V) logits would dominate compute and memory, and evaluation (which
+averages float64 scores over random-feature draws) would hold B·T·V doubles. A batch without
+"label" gets the logits of every position, (B, T, V) (e.g. for filling in masks).
+
+Interface of ``lk_study.models.heads`` (so ``lk_study.train`` runs it unchanged):
+    loss        cross-entropy over targets, mean over the N targets
+    scores      softmax probabilities p (N, V)
+    eval_loss   (−Σₙ log pₙ[yₙ], N)
+    predict     (argmax p (N,), targets y (N,))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lk_study.models.encoder import Encoder
+
+IGNORE = -100  # lk_study.tasks.base.IGNORE: a token without a target
+CHECKPOINT_FILE = "state.pt"  # what lk_study.train writes into each checkpoint directory
+
+
+class MaskedLM(nn.Module):
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        d = encoder.cls.shape[0]
+        self.transform = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
+        self.bias = nn.Parameter(torch.zeros(encoder.embed.num_embeddings))
+
+    def forward(self, batch: dict) -> Tensor:
+        h = self.encoder(batch["ids"])[:, 1:]  # (B, T, D): token positions, [CLS] dropped
+        label = batch.get("label")
+        if label is not None:
+            h = h[label != IGNORE]  # (N, D), row-major order of the targets
+        return F.linear(self.transform(h), self.encoder.embed.weight, self.bias)  # (..., V)
+
+    @staticmethod
+    def _targets(label: Tensor) -> Tensor:
+        return label[label != IGNORE]  # (N,), the order forward() gathers in
+
+    def loss(self, out: Tensor, label: Tensor) -> Tensor:
+        target = self._targets(label)
+        if not len(target):  # no token chosen in this batch: a zero that keeps the graph
+            return out.float().sum() * 0.0
+        return F.cross_entropy(out.float(), target)
+
+    def scores(self, out: Tensor) -> Tensor:
+        return out.float().softmax(-1)
+
+    def eval_loss(self, scores: Tensor, label: Tensor) -> tuple[float, int]:
+        target = self._targets(label)
+        p = scores.gather(1, target[:, None]).clamp_min(1e-12)
+        return -p.log().sum().item(), len(target)
+
+    def predict(self, scores: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
+        return scores.argmax(-1), self._targets(label)
+
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The state file of a checkpoint: PATH itself, PATH/state.pt, or the state.pt of the
+    last ``checkpoint_*`` folder under PATH (a Ray Tune trial folder)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if (path / CHECKPOINT_FILE).is_file():
+        return path / CHECKPOINT_FILE
+    found = sorted(path.glob(f"checkpoint_*/{CHECKPOINT_FILE}")) if path.is_dir() else []
+    if found:
+        return found[-1]
+    raise FileNotFoundError(
+        f"no checkpoint at {path}: expected a file written by lk_study.train, "
+        f"{path / CHECKPOINT_FILE}, or {path}/checkpoint_*/{CHECKPOINT_FILE}"
+    )
+
+
+def load_encoder(model: nn.Module, checkpoint: str | os.PathLike) -> list[str]:
+    """Copy the encoder weights of a training checkpoint into ``model.encoder``.
+
+    The checkpoint is a ``torch.save`` dict whose "model" is a state dict (keys
+    ``encoder.*`` and head keys, which are ignored). Every encoder key of ``model`` must be
+    present with the same shape and no extra encoder key may exist: otherwise a ValueError
+    names the keys (the model sizes, kernel and vocabulary must match the pre-training run).
+    Returns the loaded keys (without the ``encoder.`` prefix).
+    """
+    path = checkpoint_file(checkpoint)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path}: not an lk_study checkpoint (no 'model' state dict)")
+    theirs = {
+        k[len("encoder.") :]: v for k, v in state["model"].items() if k.startswith("encoder.")
+    }
+    ours = model.encoder.state_dict()
+    missing = sorted(set(ours) - set(theirs))
+    extra = sorted(set(theirs) - set(ours))
+    shapes = sorted(
+        f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}"
+        for k, v in ours.items()
+        if k in theirs and theirs[k].shape != v.shape
+    )
+    problems = [
+        f"{what}: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
+        for what, keys in (
+            ("missing from the checkpoint", missing),
+            ("not in this model", extra),
+            ("shape (checkpoint vs model)", shapes),
+        )
+        if keys
+    ]
+    if problems:
+        raise ValueError(
+            f"{path}: its encoder does not match this model's ({'; '.join(problems)}); use the "
+            f"pre-training run's model.* and kernel.* settings and its tokenizer"
+        )
+    model.encoder.load_state_dict(theirs, strict=True)
+    return sorted(theirs)

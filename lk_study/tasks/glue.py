@@ -1,0 +1,295 @@
+"""GLUE (Wang et al. 2019) fine-tuning tasks: ``glue/cola`` ... ``glue/wnli``.
+
+Data: ``nyu-mll/glue`` with the task's config name (``task.source: hub``), or a PATH to a
+DatasetDict saved by ``save_to_disk`` (PATH itself, or PATH/<task> so that one root holding
+every task serves a whole GLUE grid). Test splits (labels −1) are never used.
+
+    task   text columns            labels             head      metric (GLUE's)
+    cola   sentence                2                  classify  Matthews correlation
+    sst2   sentence                2                  classify  accuracy
+    mrpc   sentence1, sentence2    2                  classify  accuracy, F1
+    qqp    question1, question2    2                  classify  accuracy, F1
+    stsb   sentence1, sentence2    score in [0, 5]    regress   Pearson, Spearman
+    mnli   premise, hypothesis     3                  classify  accuracy (matched, mismatched)
+    qnli   question, sentence      2                  classify  accuracy
+    rte    sentence1, sentence2    2                  classify  accuracy
+    wnli   sentence1, sentence2    2                  classify  accuracy
+
+Tokens: ids = s (one text) or s₁ + [SEP] + s₂ (a pair), at most ``max_len`` tokens,
+longest-first truncation (``lk_study.tasks.wordpiece``); the encoder prepends [CLS].
+``task.tokenizer`` is a tokenizer.json; the paper's setting is the WordPiece vocabulary of the
+WikiText-103 pre-training: pass the path ``WikiText103MLM().tokenizer_path(cfg)`` returns
+(and load the pre-trained encoder with ``lk_study.models.mlm.load_encoder``). With
+``tokenizer: ""`` a WordPiece of ``vocab_size`` ids (default 8000) is trained on the task's
+own training text (no pre-training; for baselines and tests).
+
+A malformed row (null or blank text, a label that does not parse or is out of range) is a
+ValueError naming the source, split and row index, or with ``task.on_bad_rows: skip`` is
+skipped and counted in a log line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from lk_study.tasks import hf, metrics
+from lk_study.tasks.base import TaskConfig, check, ids_array, prepare_cached
+from lk_study.tasks.wordpiece import NUM_SPECIAL, WordPiece
+
+logger = logging.getLogger(__name__)
+
+HUB_REPO = "nyu-mll/glue"
+DEFAULT_VOCAB = 8000  # WordPiece trained on a task's own text when vocab_size is 0
+STSB_RANGE = (0.0, 5.0)
+_INT = re.compile(r"[+-]?[0-9]+")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One GLUE task: its columns, label space, metric and evaluation splits."""
+
+    text: tuple[str, ...]  # one column, or a pair
+    num_labels: int  # classes; 1 = regression (STS-B)
+    metric: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+    eval_splits: tuple[str, ...] = ("validation",)
+
+
+SPECS: dict[str, Spec] = {
+    "cola": Spec(("sentence",), 2, metrics.mcc),
+    "sst2": Spec(("sentence",), 2, metrics.accuracy),
+    "mrpc": Spec(("sentence1", "sentence2"), 2, metrics.accuracy_f1),
+    "qqp": Spec(("question1", "question2"), 2, metrics.accuracy_f1),
+    "stsb": Spec(("sentence1", "sentence2"), 1, metrics.pearson_spearman),
+    "mnli": Spec(
+        ("premise", "hypothesis"),
+        3,
+        metrics.accuracy,
+        ("validation_matched", "validation_mismatched"),
+    ),
+    "qnli": Spec(("question", "sentence"), 2, metrics.accuracy),
+    "rte": Spec(("sentence1", "sentence2"), 2, metrics.accuracy),
+    "wnli": Spec(("sentence1", "sentence2"), 2, metrics.accuracy),
+}
+
+
+@dataclass(frozen=True)
+class GlueConfig(TaskConfig):
+    """The ``task:`` section of every GLUE task (each task's subclass sets ``name``)."""
+
+    source: str = "hub"  # hub | PATH to a DatasetDict (or PATH/<task>)
+    tokenizer: str = ""  # tokenizer.json (the paper: the WikiText-103 one); "" = train here
+    vocab_size: int = 0  # 0 = the tokenizer file's size, or 8000 when trained here
+    max_len: int = 128  # tokens, [SEP] included, [CLS] not counted
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(bool(self.source), "source", "must be 'hub' or a path")
+        check(
+            self.vocab_size == 0 or self.vocab_size > NUM_SPECIAL,
+            "vocab_size",
+            f"must be 0 (automatic) or > {NUM_SPECIAL}",
+        )
+        check(self.max_len >= 3, "max_len", "must be >= 3 (a pair needs [SEP])")
+
+
+@dataclass(frozen=True)
+class ColaConfig(GlueConfig):
+    name: str = "glue/cola"
+
+
+@dataclass(frozen=True)
+class Sst2Config(GlueConfig):
+    name: str = "glue/sst2"
+
+
+@dataclass(frozen=True)
+class MrpcConfig(GlueConfig):
+    name: str = "glue/mrpc"
+
+
+@dataclass(frozen=True)
+class QqpConfig(GlueConfig):
+    name: str = "glue/qqp"
+
+
+@dataclass(frozen=True)
+class StsbConfig(GlueConfig):
+    name: str = "glue/stsb"
+
+
+@dataclass(frozen=True)
+class MnliConfig(GlueConfig):
+    name: str = "glue/mnli"
+
+
+@dataclass(frozen=True)
+class QnliConfig(GlueConfig):
+    name: str = "glue/qnli"
+
+
+@dataclass(frozen=True)
+class RteConfig(GlueConfig):
+    name: str = "glue/rte"
+
+
+@dataclass(frozen=True)
+class WnliConfig(GlueConfig):
+    name: str = "glue/wnli"
+
+
+def parse_label(value: object, num_labels: int) -> tuple[float | int | None, str]:
+    """(label, "") or (None, problem). Classes: an integer in [0, num_labels); regression
+    (num_labels 1): a finite number in [0, 5] (STS-B)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if num_labels > 1 and _INT.fullmatch(text):
+            value = int(text)
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                return None, f"label {value!r} is not a number"
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, f"label {value!r} is not a number"
+    if num_labels == 1:
+        lo, hi = STSB_RANGE
+        if not (math.isfinite(value) and lo <= value <= hi):
+            return None, f"score {value!r} is outside [{lo:g}, {hi:g}]"
+        return float(value), ""
+    if isinstance(value, float):
+        if not value.is_integer():
+            return None, f"label {value!r} is not an integer class"
+        value = int(value)
+    if not 0 <= value < num_labels:
+        return None, f"label {value} is outside 0..{num_labels - 1}"
+    return value, ""
+
+
+class Glue:
+    """Registry entry ``glue/<task>``."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.spec = SPECS[task]
+        self.Config = CONFIGS[task]
+        self.head = "regress" if self.spec.num_labels == 1 else "classify"
+        self.splits = ("train", *self.spec.eval_splits)
+
+    def vocab_size(self, cfg: GlueConfig) -> int:
+        if not cfg.tokenizer:
+            return cfg.vocab_size or DEFAULT_VOCAB
+        size = WordPiece.load(cfg.tokenizer).vocab_size
+        if cfg.vocab_size and cfg.vocab_size != size:
+            raise ValueError(
+                f"{cfg.name}: task.vocab_size={cfg.vocab_size} but the tokenizer "
+                f"{cfg.tokenizer} has {size} ids; set task.vocab_size: 0 (= the tokenizer's)"
+            )
+        return size
+
+    def max_len(self, cfg: GlueConfig) -> int:
+        return cfg.max_len
+
+    def num_outputs(self, cfg: GlueConfig) -> int:
+        return self.spec.num_labels
+
+    def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+        return self.spec.metric(pred, label)
+
+    # --- data ---------------------------------------------------------------------------
+
+    def read_split(
+        self, cfg: GlueConfig, ds, where: str
+    ) -> tuple[list[list[str]], np.ndarray, int]:
+        """Validated rows of one split -> (texts per column, labels, number skipped)."""
+        columns = [*self.spec.text, "label"]
+        hf.check_columns(ds, columns, where)
+        texts: list[list[str]] = [[] for _ in self.spec.text]
+        labels: list[float | int] = []
+        skipped: list[str] = []
+        for start, table in hf.chunks(ds, columns):
+            cols = [table.column(c).to_pylist() for c in columns]
+            for row, values in enumerate(zip(*cols, strict=True), start):
+                *row_texts, raw = values
+                problem = next(
+                    (
+                        f"empty text in column {c!r}"
+                        for c, t in zip(self.spec.text, row_texts, strict=True)
+                        if not isinstance(t, str) or not t.strip()
+                    ),
+                    "",
+                )
+                label = None
+                if not problem:
+                    label, problem = parse_label(raw, self.spec.num_labels)
+                if problem:
+                    if cfg.on_bad_rows == "error":
+                        raise ValueError(
+                            f"{where} row {row}: {problem} "
+                            f"(fix the row, or set task.on_bad_rows: skip)"
+                        )
+                    skipped.append(f"row {row}: {problem}")
+                    continue
+                for col, t in zip(texts, row_texts, strict=True):
+                    col.append(t)
+                labels.append(label)
+        if skipped:
+            logger.warning(
+                "%s: skipped %d malformed row(s), first: %s", where, len(skipped), skipped[0]
+            )
+        if not labels:
+            raise ValueError(f"{where}: no valid rows")
+        dtype = np.float64 if self.spec.num_labels == 1 else np.int64
+        return texts, np.asarray(labels, dtype=dtype), len(skipped)
+
+    def _tokenizer(self, cfg: GlueConfig, train_texts: list[list[str]]) -> WordPiece:
+        if cfg.tokenizer:
+            return WordPiece.load(cfg.tokenizer)
+        corpus = [t for col in train_texts for t in col]
+        return WordPiece.train(corpus, cfg.vocab_size or DEFAULT_VOCAB)
+
+    def prepare(self, cfg: GlueConfig) -> dict[str, Path]:
+        """Validate, tokenize and cache the splits (Parquet, once per machine, under a lock)."""
+
+        def build() -> dict[str, pa.Table]:
+            data = hf.load_splits(cfg.source, HUB_REPO, self.task, self.splits, self.task)
+            what = f"{cfg.name}: {hf.describe(cfg.source, HUB_REPO, self.task)}"
+            read = {s: self.read_split(cfg, data[s], f"{what} split {s!r}") for s in self.splits}
+            tok = self._tokenizer(cfg, read["train"][0])
+            tables = {}
+            for split, (texts, labels, _) in read.items():
+                if len(texts) == 1:
+                    ids = [x[: cfg.max_len] for x in tok.encode_batch(texts[0])]
+                else:
+                    ids = tok.encode_pairs(texts[0], texts[1], cfg.max_len)
+                tables[split] = pa.table({"ids": ids_array(ids), "label": pa.array(labels)})
+            return tables
+
+        key_cfg = cfg
+        if cfg.tokenizer:  # the cache must change when the tokenizer file does
+            self.vocab_size(cfg)  # fail early, naming the path, if it is missing or mismatched
+            digest = hashlib.sha256(Path(cfg.tokenizer).read_bytes()).hexdigest()[:16]
+            key_cfg = dataclasses.replace(cfg, tokenizer=f"{cfg.tokenizer}@{digest}")
+        return prepare_cached(key_cfg, self.splits, build)
+
+
+CONFIGS: dict[str, type[GlueConfig]] = {
+    "cola": ColaConfig,
+    "sst2": Sst2Config,
+    "mrpc": MrpcConfig,
+    "qqp": QqpConfig,
+    "stsb": StsbConfig,
+    "mnli": MnliConfig,
+    "qnli": QnliConfig,
+    "rte": RteConfig,
+    "wnli": WnliConfig,
+}
