@@ -265,6 +265,7 @@ def fit(
             lr=sched.get_last_lr()[0],
             peak_mem_mib=peak_memory_mib(device),
             num_params=num_params,
+            world_size=world_size,
         )
         snapshot = None
         if error is not None:

@@ -134,15 +134,19 @@ def storage_uri(storage: str | None) -> str:
 
 
 def ensure_ray(address: str | None = None) -> bool:
-    """Start an embedded Ray (or attach to RAY_ADDRESS / the job's cluster); check the State
-    API. Returns True if this call started (or attached) Ray and so should shut it down."""
+    """Attach to ``address`` (e.g. ``auto`` or ray://HOST:10001), else to RAY_ADDRESS (set by
+    ``ray job submit``), else start an embedded local Ray -- never silently joining a cluster
+    that ``ray start`` left behind. Checks the State API. Returns True if this call connected
+    Ray and so should shut it down."""
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, logging_level="WARNING")
+        ray.init(
+            address=address or os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING"
+        )
     try:
         from ray.util.state import list_nodes
 
-        list_nodes(limit=1)
+        list_nodes(address=ray.get_runtime_context().gcs_address, limit=1)
     except Exception as e:  # the State API is served by the dashboard
         raise RuntimeError(
             "Ray's State API is unavailable, so early-stopped trials would leak their workers. "
