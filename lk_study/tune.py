@@ -33,6 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from lk_study import analysis
 from lk_study.config import (
+    Config,
     ConfigError,
     Param,
     Study,
@@ -81,8 +82,17 @@ def trial_driver(params: dict, base: dict, train_storage: str) -> None:
     (Optuna's suggestions, or a grid/random ``point``)."""
     cfg = with_overrides(config_from_dict(base), params.get(POINT, params))
     trial_id = tune.get_context().get_trial_id()
+    # a restored trial resumes from its own checkpoints: the Train run is named after it
+    trainer = make_trainer(cfg, f"train-{trial_id}", train_storage, [TuneReportCallback()])
+    trainer.fit()  # a worker's exception (e.g. a NaN loss) fails this trial, not the study
+
+
+def make_trainer(cfg: Config, name: str, storage: str, callbacks: list) -> TorchTrainer:
+    """A ``TorchTrainer`` running ``train_loop_per_worker`` on ``cfg``: workers from
+    cfg.scaling, the latest checkpoint kept, a failed worker group restarted up to twice from
+    it. ``callbacks`` = [TuneReportCallback()] forwards rank 0's metrics to Tune."""
     s = cfg.scaling
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(cfg)},
         scaling_config=ray.train.ScalingConfig(
@@ -91,14 +101,13 @@ def trial_driver(params: dict, base: dict, train_storage: str) -> None:
             resources_per_worker=dict(s.resources_per_worker),
         ),
         run_config=ray.train.RunConfig(
-            name=f"train-{trial_id}",  # a restored trial resumes from its own checkpoints
-            storage_path=train_storage,
-            callbacks=[TuneReportCallback()],  # (1) Train rank 0 metrics -> Tune
+            name=name,
+            storage_path=storage,
+            callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=2),
         ),
     )
-    trainer.fit()  # a worker's exception (e.g. a NaN loss) fails this trial, not the study
 
 
 def trial_resources(study: Study) -> tuple[float, float]:
@@ -246,23 +255,7 @@ def run_single(study: Study, storage: str | None = None, address: str | None = N
     metrics. Storage: STORAGE/STUDY-single/ (checkpoints; rerunning resumes)."""
     root = storage_uri(storage)
     started = ensure_ray(address)
-    s = study.config.scaling
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": to_dict(study.config)},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers,
-            use_gpu=s.use_gpu,
-            resources_per_worker=dict(s.resources_per_worker),
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"{study.name}-single",
-            storage_path=root,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=2),
-        ),
-    )
-    result = trainer.fit()
+    result = make_trainer(study.config, f"{study.name}-single", root, []).fit()
     if started:
         ray.shutdown()
     metrics = dict(result.metrics or {})

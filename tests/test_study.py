@@ -151,3 +151,25 @@ def test_worker_failure_is_retried_and_nan_trial_errors(tmp_path, monkeypatch):
     assert "training loss became nan" in diverged["error"]
     steps = res.curves[res.curves["trial_id"] == healthy["trial_id"]]["step"].tolist()
     assert steps[-1] == 20 and 10 in steps  # resumed from the step-10 checkpoint
+
+
+def test_jobs_train_runs_one_training_without_tune(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "jobs/train.py",
+            "search_spaces/quickstart.yaml",
+            "--smoke",
+            "--set",
+            "kernel.name=gmm_prf",
+            "--storage",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        env={**os.environ, "RAY_DEDUP_LOGS": "0"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Final metrics: " in proc.stdout and "step=20" in proc.stdout
+    assert any((tmp_path / "quickstart-smoke-single").glob("checkpoint_*"))
