@@ -194,3 +194,28 @@ def test_data_cli_prepare_and_generate(tmp_path, capsys):
     assert {p.name for p in tmp_path.iterdir()} >= {"train.tsv", "val.tsv", "test.tsv"}
     assert main(["data", "prepare", "listopz"]) == 2
     assert "valid: listops" in capsys.readouterr().err
+
+
+def test_pathfinder_generated_and_release(tmp_path):
+    from lk_study.tasks import pathfinder
+
+    report = one_step(
+        {"task.name": "pathfinder", "task.size": 12, "task.difficulty": "curv_baseline"}
+    )
+    assert 0 <= report["val_accuracy"] <= 1
+    pathfinder.write_release(tmp_path / "pf32", 10, seed=3, difficulty="curv_baseline")
+    base = {
+        "task.name": "pathfinder",
+        "task.source": str(tmp_path / "pf32"),
+        "task.difficulty": "curv_baseline",
+        "task.cache_dir": str(tmp_path / "c"),
+    }
+    paths = prepare(with_overrides(Config(), base).task)
+    images, labels, _ = pathfinder.read_release(tmp_path / "pf32", "curv_baseline")
+    train = Split(paths["train"])
+    assert len(train) == 9 and train.label.tolist() == labels[:9].tolist()
+    assert (
+        train.batch(np.arange(1))["ids"][0].tolist() == (images[0].ravel().astype(int) + 1).tolist()
+    )
+    with pytest.raises(ValueError, match="set task.resolution: 32"):
+        prepare(with_overrides(Config(), {**base, "task.resolution": 64}).task)

@@ -9,6 +9,7 @@ from lk_study.tasks.base import Split, TaskConfig
 from lk_study.tasks.glue import Glue
 from lk_study.tasks.image import Image
 from lk_study.tasks.listops import ListOps
+from lk_study.tasks.pathfinder import Pathfinder
 from lk_study.tasks.retrieval import Retrieval
 from lk_study.tasks.sparsity import Sparsity
 from lk_study.tasks.text import Text
@@ -19,6 +20,7 @@ TASKS = {
     "text": Text(),
     "retrieval": Retrieval(),
     "image": Image(),
+    "pathfinder": Pathfinder(),
     "sparsity": Sparsity(),
     "wikitext103_mlm": WikiText103MLM(),
     "glue/cola": Glue("cola"),

@@ -1,0 +1,266 @@
+"""Pathfinder: the generator (shapes, determinism, balance), connectivity checked on an
+independent solid re-rendering, honesty (ink, marker distance, a pixel logistic regression),
+tokens, and the LRA release format (round trip, malformed metadata)."""
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+from sklearn.linear_model import LogisticRegression
+
+from lk_study.tasks import pathfinder as pf
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    """320 scenes at 32x32 with LRA's curv_baseline length (6 dashes), and their images."""
+    spec = pf.make_spec(32, pf.DIFFICULTIES["curv_baseline"])
+    scenes = pf.generate_scenes(320, spec, seed=11)
+    images = np.stack([pf.render(s, spec) for s in scenes])
+    labels = np.array([s.label for s in scenes])
+    return spec, scenes, images, labels
+
+
+def test_shapes_dtypes_determinism_and_balance():
+    images, labels = pf.generate(6, 32, seed=0)
+    assert images.shape == (6, 32, 32) and images.dtype == np.uint8
+    assert labels.shape == (6,) and labels.dtype == np.int64
+    assert labels.sum() == 3  # exactly balanced
+    assert images.max() == 255 and images.min() == 0  # markers saturate, background is black
+    # generate is make_spec + generate_scenes + render, and a second run gives the same
+    spec = pf.make_spec(32, 14)
+    scenes = pf.generate_scenes(6, spec, seed=0)
+    assert np.array_equal(np.stack([pf.render(s, spec) for s in scenes]), images)
+    assert np.array_equal([s.label for s in scenes], labels)
+    other, _ = pf.generate(6, 32, seed=1)
+    assert not np.array_equal(images, other)
+    assert pf.generate(7, 32, seed=0, contour_length=6)[1].sum() in (3, 4)
+    for res in (64, 128):
+        big, big_labels = pf.generate(2, res, seed=0, contour_length=9)
+        assert big.shape == (2, res, res) and big.dtype == np.uint8 and big_labels.sum() == 1
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="resolution"):
+        pf.make_spec(8)
+    with pytest.raises(ValueError, match="contour_length"):
+        pf.make_spec(32, 0)
+    with pytest.raises(ValueError, match="label"):
+        pf.sample_scene(pf.make_spec(32, 6), seed=0, index=0, label=2)
+
+
+def test_strokes_do_not_depend_on_the_label():
+    spec = pf.make_spec(32, 9)
+    for index in range(3):
+        s0, s1 = (pf.sample_scene(spec, 5, index, label) for label in (0, 1))
+        assert len(s0.paths) == len(s1.paths)
+        assert all(np.array_equal(a, b) for a, b in zip(s0.paths, s1.paths, strict=True))
+        assert not np.array_equal(s0.markers, s1.markers)
+
+
+def _disk(radius: float) -> np.ndarray:
+    r = int(np.ceil(radius))
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
+    return y**2 + x**2 <= radius**2
+
+
+def _solid_components(scene: pf.Scene, spec: pf.PathfinderSpec, f: int):
+    """Re-draw every path as a *solid* stroke (gaps filled: the polyline through all dash
+    ends) plus the marker discs on an f-times finer grid, with its own rasteriser; return the
+    8-connected component labels and the component of each marker."""
+    size = spec.resolution * f
+    grid = np.zeros((size, size), dtype=bool)
+    for path in scene.paths:
+        vertices = path.reshape(-1, 2)  # p0, q0, p1, q1, ... in order along the path
+        for a, b in zip(vertices[:-1], vertices[1:], strict=True):
+            n = int(np.ceil(np.hypot(*(b - a)) * f * 4)) + 2
+            pts = a + np.linspace(0, 1, n)[:, None] * (b - a)
+            idx = np.clip(np.floor(pts * f).astype(int), 0, size - 1)
+            grid[idx[:, 0], idx[:, 1]] = True
+    grid = ndimage.binary_dilation(grid, structure=_disk(spec.thickness / 2 * f))
+    for m in scene.markers:
+        c = np.floor(m * f).astype(int)
+        stamp = np.zeros_like(grid)
+        stamp[c[0], c[1]] = True
+        grid |= ndimage.binary_dilation(stamp, structure=_disk(spec.marker_radius * f))
+    comp, count = ndimage.label(grid, structure=np.ones((3, 3)))
+    marker_comp = [comp[tuple(np.floor(m * f).astype(int))] for m in scene.markers]
+    return count, marker_comp
+
+
+@pytest.mark.parametrize(
+    ("resolution", "contour_length", "num"), [(32, 6, 24), (32, 14, 16), (64, 14, 6), (128, 9, 4)]
+)
+def test_markers_connected_iff_label_on_a_solid_rerendering(resolution, contour_length, num):
+    spec = pf.make_spec(resolution, contour_length)
+    for scene in pf.generate_scenes(num, spec, seed=2):
+        count, (c0, c1) = _solid_components(scene, spec, f=128 // resolution)
+        assert count == len(scene.paths)  # no two paths touch, markers touch only their own
+        assert c0 > 0 and c1 > 0
+        assert (c0 == c1) == (scene.label == 1)
+
+
+def test_rendering_is_dashed_and_follows_the_scene():
+    spec = pf.make_spec(128, 9)
+    for scene in pf.generate_scenes(3, spec, seed=4):
+        image = pf.render(scene, spec)
+        for path in scene.paths:
+            for q, p in zip(path[:-1, 1], path[1:, 0], strict=True):  # each gap's midpoint
+                y, x = np.floor((p + q) / 2).astype(int)
+                assert image[y, x] == 0
+            for p, q in path:  # each dash's midpoint
+                y, x = np.floor((p + q) / 2).astype(int)
+                assert image[y, x] > 0
+        for m in scene.markers:
+            assert image[tuple(np.floor(m).astype(int))] == 255
+        # no ink farther than a stroke (plus a pixel) from every dash and marker
+        yy, xx = np.mgrid[0:128, 0:128] + 0.5
+        cells = np.stack([yy.ravel(), xx.ravel()], 1)
+        ends = np.concatenate([p.reshape(-1, 2) for p in scene.paths] + [scene.markers])
+        near = np.zeros(len(cells), dtype=bool)
+        for a in ends:  # discs around dash ends and markers cover the strokes (dashes are short)
+            near |= np.hypot(*(cells - a).T) <= spec.dash_length + spec.marker_radius + 1.5
+        assert (image.ravel()[~near] == 0).all()
+
+
+def test_ink_does_not_give_the_label_away(baseline):
+    _, _, images, labels = baseline
+    ink = images.reshape(len(images), -1).mean(1)
+    ink0, ink1 = ink[labels == 0], ink[labels == 1]
+    m0, m1 = ink0.mean(), ink1.mean()
+    se = np.sqrt(ink0.var() / len(ink0) + ink1.var() / len(ink1))
+    assert abs(m0 - m1) < 3 * se and abs(m0 - m1) < 0.03 * ink.mean()
+
+
+def _best_threshold_accuracy(x: np.ndarray, y: np.ndarray) -> float:
+    best = 0.5
+    for t in np.unique(x):
+        acc = ((x > t) == y).mean()
+        best = max(best, acc, 1 - acc)
+    return best
+
+
+def test_marker_distance_does_not_give_the_label_away(baseline):
+    _, scenes, _, labels = baseline
+    dist = np.array([np.hypot(*(s.markers[0] - s.markers[1])) for s in scenes])
+    assert _best_threshold_accuracy(dist, labels) < 0.65
+
+
+def test_logistic_regression_on_pixels_is_far_from_perfect(baseline):
+    _, _, images, labels = baseline
+    x = images.reshape(len(images), -1) / 255.0
+    model = LogisticRegression(C=1.0, max_iter=500).fit(x[:240], labels[:240])
+    assert model.score(x[240:], labels[240:]) < 0.7
+
+
+def test_to_tokens():
+    images, _ = pf.generate(3, 32, seed=0, contour_length=6)
+    tokens = pf.to_tokens(images)
+    assert tokens.shape == (3, 1024) and np.issubdtype(tokens.dtype, np.integer)
+    assert tokens[1, 5 * 32 + 7] == int(images[1, 5, 7]) + 1  # row-major, intensity + 1
+    assert tokens.min() >= 1 and tokens.max() == 256 and pf.VOCAB_SIZE == 257
+    assert pf.PAD_ID == 0
+    with pytest.raises(ValueError, match="uint8"):
+        pf.to_tokens(images.astype(np.float32))
+
+
+def _lra_style_read(folder):
+    """The way LRA's TFDS builder reads a difficulty folder: text rows, fields split on ' ',
+    the image at folder/field0/field1, the label int(field 3)."""
+    items = []
+    for meta in sorted((folder / "metadata").glob("*.npy"), key=lambda p: int(p.stem)):
+        for row in meta.read_text().split("\n")[:-1]:
+            fields = row.split(" ")
+            items.append((folder / fields[0] / fields[1], int(fields[3])))
+    return items
+
+
+def test_release_round_trip(tmp_path):
+    folder = pf.write_release(tmp_path, num=12, seed=3, difficulty="curv_baseline", batch_size=5)
+    assert folder == tmp_path / "curv_baseline"
+    assert sorted(p.name for p in (folder / "metadata").iterdir()) == ["0.npy", "1.npy", "2.npy"]
+    first = (folder / "metadata" / "0.npy").read_text().splitlines()[0].split(" ")
+    assert first[:3] == ["imgs/0", "sample_0.png", "0"] and len(first) == 11
+    with Image.open(folder / "imgs" / "2" / "sample_1.png") as im:
+        assert im.mode == "L" and im.size == (32, 32)
+    images, labels, skipped = pf.read_release(tmp_path, "curv_baseline")
+    want_images, want_labels = pf.generate(12, 32, seed=3, contour_length=6)
+    assert skipped == 0 and images.dtype == np.uint8 and labels.dtype == np.int64
+    assert np.array_equal(images, want_images) and np.array_equal(labels, want_labels)
+    lra = _lra_style_read(folder)
+    assert [label for _, label in lra] == labels.tolist()
+    assert np.array_equal(np.asarray(Image.open(lra[11][0])), images[11])
+
+
+def test_read_release_takes_binary_npy_metadata(tmp_path):
+    folder = pf.write_release(tmp_path, num=4, seed=0, difficulty="curv_baseline")
+    meta = folder / "metadata" / "0.npy"
+    rows = [line.split(" ") for line in meta.read_text().splitlines()]
+    meta.unlink()
+    np.save(meta, np.array(rows))  # what the original generator's np.save writes
+    images, labels, _ = pf.read_release(tmp_path)
+    want_images, want_labels = pf.generate(4, 32, seed=0, contour_length=6)
+    assert np.array_equal(images, want_images) and np.array_equal(labels, want_labels)
+
+
+@pytest.fixture()
+def release(tmp_path):
+    pf.write_release(tmp_path, num=4, seed=0, difficulty="curv_baseline")
+    return tmp_path, tmp_path / "curv_baseline" / "metadata" / "0.npy"
+
+
+def _edit_row(meta, row: int, edit) -> None:
+    lines = meta.read_text().splitlines()
+    lines[row - 1] = edit(lines[row - 1])
+    meta.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda r: r.replace("sample_1.png", "sample_99.png"), "image not found"),
+        (lambda r: " ".join(f if i != 3 else "x" for i, f in enumerate(r.split())), "label"),
+        (lambda r: " ".join(r.split()[:3]), "at least 4"),
+    ],
+    ids=["missing-image", "bad-label", "too-few-fields"],
+)
+def test_malformed_rows_error_or_skip(release, edit, problem):
+    root, meta = release
+    _edit_row(meta, 2, edit)
+    with pytest.raises(ValueError, match=re.escape(f"{meta}: row 2: ") + ".*" + problem):
+        pf.read_release(root)
+    images, labels, skipped = pf.read_release(root, on_bad_rows="skip")
+    assert skipped == 1 and len(images) == len(labels) == 3
+
+
+def test_empty_image_file_is_a_bad_row(release):
+    root, meta = release
+    (meta.parent.parent / "imgs" / "0" / "sample_0.png").write_bytes(b"")  # as LRA's sample_172
+    with pytest.raises(ValueError, match=r"row 1: unreadable image"):
+        pf.read_release(root)
+    assert pf.read_release(root, on_bad_rows="skip")[2] == 1
+
+
+def test_missing_folder_and_bad_arguments(tmp_path, release):
+    expected = tmp_path / "nowhere" / "curv_baseline" / "metadata"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(expected))):
+        pf.read_release(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="curv_contour_length_9/metadata"):
+        pf.read_release(release[0], "curv_contour_length_9")
+    with pytest.raises(ValueError, match="on_bad_rows"):
+        pf.read_release(release[0], on_bad_rows="ignore")
+    with pytest.raises(ValueError, match="curv_baseline"):
+        pf.write_release(tmp_path, 1, 0, difficulty="hard")
+
+
+def test_main_generate_writes_every_difficulty(tmp_path, capsys):
+    folders = pf.main_generate(tmp_path, num=2, seed=0, resolution=32)
+    assert set(folders) == set(pf.DIFFICULTIES)
+    out = capsys.readouterr().out
+    assert "curv_contour_length_14: 2/2 images" in out
+    for difficulty, contour_length in pf.DIFFICULTIES.items():
+        images, labels, _ = pf.read_release(tmp_path, difficulty)
+        want = pf.generate(2, 32, seed=0, contour_length=contour_length)
+        assert np.array_equal(images, want[0]) and np.array_equal(labels, want[1])
