@@ -2,10 +2,11 @@
 
 lk-study tune STUDY.yaml [--storage PATH_OR_URI] [--set key=value ...] [--smoke] [--dry-run]
 lk-study train STUDY.yaml [--storage ...] [--set key=value ...] [--smoke]
-lk-study results PATH [--out FILE.parquet|FILE.csv]
+lk-study results PATH [--table lra|glue|features] [--format text|markdown|csv]
+    [--out FILE.parquet|FILE.csv] [--plot DIR] [--top N]
 lk-study kernels
 lk-study data prepare TASK [--source SRC] [--set task.key=value ...]
-lk-study data generate listops --out DIR --num N [--seed S]
+lk-study data generate listops|pathfinder --out DIR --num N [--seed S]
 lk-study bench attention [--kernels K ...] [--lengths N ...] [--batch B] [--heads H]
     [--head-dim D] [--num-features M] [--repeats R] [--device DEV] [--out FILE.csv]
 """
@@ -62,11 +63,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from lk_study.analysis import format_leaderboard
-    from lk_study.analysis import load_study as load_results
+    from lk_study import analysis
 
-    results = load_results(args.path)
-    print(format_leaderboard(results, top=args.top))
+    results = analysis.load_study(args.path)
+    if args.table:
+        text = analysis.format_table(results, args.table, args.format)
+    else:
+        text = analysis.format_leaderboard(results, top=args.top, fmt=args.format)
+    print(text, end="" if text.endswith("\n") else "\n")
     if args.out:
         out = Path(args.out)
         if out.suffix == ".parquet":
@@ -76,6 +80,11 @@ def cmd_results(args: argparse.Namespace) -> int:
         else:
             raise ConfigError(f"--out {out}: use a .parquet or .csv file name")
         print(f"\nWrote {len(results.trials)} trials to {out}")
+    if args.plot:
+        from lk_study.plots import save_figures  # imports matplotlib: only when asked
+
+        print(f"\nFigures in {args.plot}:")
+        save_figures(results, args.plot)
     return 0
 
 
@@ -108,9 +117,12 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_generate(args: argparse.Namespace) -> int:
-    from lk_study.tasks import listops
+    from lk_study.tasks import listops, pathfinder
 
-    generators = {"listops": lambda: listops.main_generate(args.out, args.num, args.seed)}
+    generators = {
+        "listops": lambda: listops.main_generate(args.out, args.num, args.seed),
+        "pathfinder": lambda: pathfinder.main_generate(args.out, args.num, args.seed),
+    }
     generators[args.kind]()
     return 0
 
@@ -158,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--dry-run", action="store_true", help="print the compiled search space, start nothing"
     )
-    p.add_argument("--address", help="join a running Ray cluster (default: RAY_ADDRESS or local)")
+    p.add_argument(
+        "--address",
+        help="join a running Ray cluster: 'auto' (this machine's `ray start`) or an address; "
+        "default: RAY_ADDRESS if set, else an embedded local Ray",
+    )
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("train", help="one Ray Train run of a study file's base config, no search")
     p.add_argument("study", help="study YAML; its search space is ignored (fix keys with --set)")
@@ -167,10 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="apply the file's smoke: overrides")
     p.add_argument("--address", help="join a running Ray cluster")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("results", help="print a study's leaderboard; write its trials table")
+    p = sub.add_parser(
+        "results", help="print a study's leaderboard or tables; write its trials and figures"
+    )
     p.add_argument("path", help="the study folder, e.g. lk_results/quickstart")
+    p.add_argument(
+        "--table",
+        choices=["lra", "glue", "features"],
+        help="print a paper table instead of the leaderboard: lra (kernels x LRA tasks), "
+        "glue (best grid point per GLUE task), features (metric vs kernel.num_features)",
+    )
+    p.add_argument("--format", choices=["text", "markdown", "csv"], default="text")
     p.add_argument("--out", help="write one row per trial to FILE.parquet or FILE.csv")
-    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--plot", metavar="DIR", help="write the study's figures as PNG into DIR")
+    p.add_argument("--top", type=int, default=20, help="leaderboard rows")
     p.set_defaults(func=cmd_results)
     p = sub.add_parser("kernels", help="list the kernel registry")
     p.set_defaults(func=cmd_kernels)
@@ -188,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(func=cmd_data_prepare)
     p = data_sub.add_parser("generate", help="write offline data in a release's file format")
-    p.add_argument("kind", choices=["listops"])
+    p.add_argument("kind", choices=["listops", "pathfinder"])
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--num", type=int, required=True, help="number of examples")
     p.add_argument("--seed", type=int, default=0)

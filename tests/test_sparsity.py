@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from lk_study.tasks import Split, prepare
-from lk_study.tasks.sparsity import SparsityConfig
-from lk_study.tasks.sparsity import generate, label_of
+from lk_study.tasks.sparsity import SparsityConfig, generate, label_of
 
 T = 4
 
