@@ -243,8 +243,8 @@ def _chunk_features(
     else:
         log_phi = theta.add_(per_feature)
     if key:
-        sq = x.pow(2).sum(-1, keepdim=True)  # (B, H, c, 1): ‖x‖²; ‖x'‖² = scale² ‖x‖²
-        log_phi.add_(sq.mul_(-r.norm_coef * r.scale**2))
+        sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_()  # (B, H, c, 1): ‖x‖²
+        log_phi.add_(sq.mul_(-r.norm_coef * r.scale**2))  # ‖x'‖² = scale² ‖x‖²
         if invalid is not None:
             log_phi.masked_fill_(invalid, float("-inf"))
     return log_phi

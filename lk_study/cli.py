@@ -142,7 +142,10 @@ def cmd_bench_attention(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         **device,
     )
-    rows = bench_attention(cfg)
+    try:
+        rows = bench_attention(cfg)
+    except ImportError as e:  # performer-pytorch missing: say which extra to install
+        raise ConfigError(str(e)) from e
     print(format_ratios(rows))
     if args.out:
         write_csv(rows, args.out)
