@@ -182,3 +182,11 @@ class BadRows:
     def log(self) -> None:
         if self.skipped:
             print(f"{self.where}: skipped {self.skipped} malformed rows (task.on_bad_rows: skip)")
+
+
+def progress(iterable=None, desc: str = "", total: int | None = None, unit: str = "rows"):
+    """A tqdm progress bar on stderr while data is prepared; silent where stderr is not a
+    terminal (Ray workers, CI logs)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit=unit, mininterval=0.5, disable=None)

@@ -63,6 +63,10 @@ def check_columns(ds, columns: Sequence[str], where: str) -> None:
 
 def chunks(ds, columns: Sequence[str]) -> Iterator[tuple[int, pa.Table]]:
     """(first row index, Arrow table of ``columns``) slices of a split, in order."""
+    from lk_study.tasks.base import progress
+
     arrow = ds.select_columns(list(columns)).with_format("arrow")
-    for start in range(0, len(ds), CHUNK):
-        yield start, arrow[start : start + CHUNK]
+    with progress(total=len(ds), desc=getattr(ds, "split", None) or "rows") as bar:
+        for start in range(0, len(ds), CHUNK):
+            yield start, arrow[start : start + CHUNK]
+            bar.update(min(CHUNK, len(ds) - start))

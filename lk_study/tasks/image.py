@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from lk_study.tasks import metrics
-from lk_study.tasks.base import BadRows, TaskConfig, check, ids_array, prepare_cached
+from lk_study.tasks.base import BadRows, TaskConfig, check, ids_array, prepare_cached, progress
 from lk_study.tasks.hf import load_splits
 
 HUB_NAME = "uoft-cs/cifar10"
@@ -66,7 +66,7 @@ def pixel_table(images: np.ndarray, labels: np.ndarray) -> pa.Table:
 def encode_hf(rows, cfg: ImageConfig, where: str) -> pa.Table:
     bad = BadRows(cfg.on_bad_rows, where)
     images, labels = [], []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(progress(rows, desc=where, total=len(rows))):
         if cfg.max_examples and len(labels) >= cfg.max_examples:
             break
         img = row.get("img", row.get("image"))

@@ -59,7 +59,14 @@ import numpy as np
 import pyarrow as pa
 
 from lk_study.tasks import metrics as task_metrics
-from lk_study.tasks.base import BAD_ROWS, TaskConfig, check, ids_array, prepare_cached
+from lk_study.tasks.base import (
+    BAD_ROWS,
+    TaskConfig,
+    check,
+    ids_array,
+    prepare_cached,
+    progress,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -506,14 +513,16 @@ class ListOps:
     def prepare(self, cfg: ListOpsConfig) -> dict[str, Path]:
         def build() -> dict[str, pa.Table]:
             if cfg.source == "generate":
-                examples = generate(
-                    cfg.size,
-                    cfg.seed,
-                    cfg.min_length,
-                    cfg.max_length,
-                    cfg.max_depth,
-                    cfg.max_args,
-                )
+                with progress(total=cfg.size, desc="listops", unit="examples") as bar:
+                    examples = generate(
+                        cfg.size,
+                        cfg.seed,
+                        cfg.min_length,
+                        cfg.max_length,
+                        cfg.max_depth,
+                        cfg.max_args,
+                        lambda n: bar.update(n - bar.n),
+                    )
                 n_train = max(1, int(round(len(examples) * (1 - cfg.val_fraction))))
                 parts = {"train": examples[:n_train], "validation": examples[n_train:]}
                 return {s: to_table(*zip(*ex, strict=True)) for s, ex in parts.items()}

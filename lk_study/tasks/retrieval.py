@@ -28,6 +28,7 @@ from lk_study.tasks.base import (
     check,
     ids_array,
     prepare_cached,
+    progress,
 )
 
 NO_SOURCE = (
@@ -58,7 +59,8 @@ def read_tsv(path: Path, cfg: RetrievalConfig) -> pa.Table:
     ids1, ids2, labels = [], [], []
     csv.field_size_limit(sys.maxsize)
     with path.open(newline="", encoding="utf-8") as f:
-        for line_no, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for line_no, row in enumerate(progress(reader, desc=path.name, unit="lines"), 1):
             if line_no == 1 and row and row[0].strip().lower() == "label":
                 continue
             if cfg.max_examples and len(labels) >= cfg.max_examples:

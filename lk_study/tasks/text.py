@@ -25,6 +25,7 @@ from lk_study.tasks.base import (
     check,
     ids_array,
     prepare_cached,
+    progress,
 )
 from lk_study.tasks.hf import load_splits
 
@@ -49,7 +50,7 @@ def encode_rows(rows, cfg: TextConfig, where: str) -> pa.Table:
     """Rows with ``text`` and ``label`` -> Parquet-ready table of byte ids; bad rows per policy."""
     bad = BadRows(cfg.on_bad_rows, where)
     ids, labels = [], []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(progress(rows, desc=where, total=len(rows))):
         if cfg.max_examples and len(ids) >= cfg.max_examples:
             break
         text, label = row.get("text"), row.get("label")
