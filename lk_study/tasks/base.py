@@ -102,6 +102,19 @@ def prepare_cached(
     return paths
 
 
+class AccuracyTask:
+    """Defaults of the single-label classification tasks (LRA, sparsity): train and
+    validation splits, metric accuracy. Subclasses set ``Config`` and the data methods."""
+
+    head = "classify"
+    splits = ("train", "validation")
+
+    def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+        from lk_study.tasks.metrics import accuracy
+
+        return accuracy(pred, label)
+
+
 class Split:
     """One prepared split, this worker's shard (rows rank, rank + world, ...), in memory.
 

@@ -18,8 +18,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lk_study.tasks import metrics
-from lk_study.tasks.base import BadRows, TaskConfig, check, ids_array, prepare_cached, progress
+from lk_study.tasks.base import (
+    AccuracyTask,
+    BadRows,
+    TaskConfig,
+    check,
+    ids_array,
+    prepare_cached,
+    progress,
+)
 from lk_study.tasks.hf import load_splits
 
 HUB_NAME = "uoft-cs/cifar10"
@@ -83,10 +90,8 @@ def encode_hf(rows, cfg: ImageConfig, where: str) -> pa.Table:
     return pixel_table(np.stack(images), np.array(labels))
 
 
-class Image:
+class Image(AccuracyTask):
     Config = ImageConfig
-    head = "classify"
-    splits = ("train", "validation")
 
     def vocab_size(self, cfg: ImageConfig) -> int:
         return PIXEL_VOCAB
@@ -96,9 +101,6 @@ class Image:
 
     def num_outputs(self, cfg: ImageConfig) -> int:
         return NUM_CLASSES
-
-    def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-        return metrics.accuracy(pred, label)
 
     def prepare(self, cfg: ImageConfig) -> dict[str, Path]:
         def build() -> dict[str, pa.Table]:

@@ -58,9 +58,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lk_study.tasks import metrics as task_metrics
 from lk_study.tasks.base import (
     BAD_ROWS,
+    AccuracyTask,
     TaskConfig,
     check,
     ids_array,
@@ -493,10 +493,8 @@ class ListOpsConfig(TaskConfig):
         )
 
 
-class ListOps:
+class ListOps(AccuracyTask):
     Config = ListOpsConfig
-    head = "classify"
-    splits = ("train", "validation")
 
     def vocab_size(self, cfg: ListOpsConfig) -> int:
         return VOCAB_SIZE
@@ -506,9 +504,6 @@ class ListOps:
 
     def num_outputs(self, cfg: ListOpsConfig) -> int:
         return NUM_CLASSES
-
-    def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-        return task_metrics.accuracy(pred, label)
 
     def prepare(self, cfg: ListOpsConfig) -> dict[str, Path]:
         def build() -> dict[str, pa.Table]:

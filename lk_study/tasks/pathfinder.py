@@ -84,8 +84,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from lk_study.tasks import metrics as task_metrics
-from lk_study.tasks.base import TaskConfig, check, ids_array, prepare_cached
+from lk_study.tasks.base import AccuracyTask, TaskConfig, check, ids_array, prepare_cached
 
 logger = logging.getLogger(__name__)
 
@@ -790,10 +789,8 @@ class PathfinderConfig(TaskConfig):
         check(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
 
 
-class Pathfinder:
+class Pathfinder(AccuracyTask):
     Config = PathfinderConfig
-    head = "classify"
-    splits = ("train", "validation")
 
     def vocab_size(self, cfg: PathfinderConfig) -> int:
         return VOCAB_SIZE
@@ -803,9 +800,6 @@ class Pathfinder:
 
     def num_outputs(self, cfg: PathfinderConfig) -> int:
         return NUM_CLASSES
-
-    def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-        return task_metrics.accuracy(pred, label)
 
     def prepare(self, cfg: PathfinderConfig) -> dict[str, Path]:
         def build() -> dict[str, pa.Table]:

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lk_study.tasks import metrics
 from lk_study.tasks.base import (
     BYTE_VOCAB,
+    AccuracyTask,
     BadRows,
     TaskConfig,
     byte_ids,
@@ -92,10 +92,9 @@ def read_tsv(path: Path, cfg: RetrievalConfig) -> pa.Table:
     )
 
 
-class Retrieval:
+class Retrieval(AccuracyTask):
     Config = RetrievalConfig
     head = "dual"
-    splits = ("train", "validation")
 
     def vocab_size(self, cfg: RetrievalConfig) -> int:
         return BYTE_VOCAB
@@ -105,9 +104,6 @@ class Retrieval:
 
     def num_outputs(self, cfg: RetrievalConfig) -> int:
         return 2
-
-    def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-        return metrics.accuracy(pred, label)
 
     def prepare(self, cfg: RetrievalConfig) -> dict[str, Path]:
         if not cfg.source:

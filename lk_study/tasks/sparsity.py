@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lk_study.tasks import metrics
-from lk_study.tasks.base import TaskConfig, check, ids_array, prepare_cached
+from lk_study.tasks.base import AccuracyTask, TaskConfig, check, ids_array, prepare_cached
 
 
 def generate(
@@ -84,12 +83,10 @@ class SparsityConfig(TaskConfig):
         )
 
 
-class Sparsity:
+class Sparsity(AccuracyTask):
     """Registry entry ``sparsity``: binary classification, metric accuracy."""
 
     Config = SparsityConfig
-    head = "classify"
-    splits = ("train", "validation")
 
     def vocab_size(self, cfg: SparsityConfig) -> int:
         return 1 + 3 * cfg.num_types
@@ -99,9 +96,6 @@ class Sparsity:
 
     def num_outputs(self, cfg: SparsityConfig) -> int:
         return 2
-
-    def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-        return metrics.accuracy(pred, label)
 
     def prepare(self, cfg: SparsityConfig) -> dict[str, Path]:
         """Generate once per machine into the cache (Parquet, under a file lock)."""

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lk_study.tasks import metrics
 from lk_study.tasks.base import (
     BYTE_VOCAB,
+    AccuracyTask,
     BadRows,
     TaskConfig,
     byte_ids,
@@ -66,10 +66,8 @@ def encode_rows(rows, cfg: TextConfig, where: str) -> pa.Table:
     return pa.table({"ids": ids_array(ids), "label": pa.array(np.array(labels, dtype=np.int64))})
 
 
-class Text:
+class Text(AccuracyTask):
     Config = TextConfig
-    head = "classify"
-    splits = ("train", "validation")
 
     def vocab_size(self, cfg: TextConfig) -> int:
         return BYTE_VOCAB
@@ -79,9 +77,6 @@ class Text:
 
     def num_outputs(self, cfg: TextConfig) -> int:
         return 2
-
-    def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-        return metrics.accuracy(pred, label)
 
     def prepare(self, cfg: TextConfig) -> dict[str, Path]:
         def build() -> dict[str, pa.Table]:
