@@ -149,7 +149,10 @@ def load_study(path: str | Path) -> StudyResults:
         reports = [json.loads(line) for line in result_text.splitlines() if line.strip()]
         tid = reports[-1]["trial_id"] if reports else info.base_name.split("_")[2]
         row: dict[str, Any] = {"trial_id": tid, "status": statuses.get(tid, "PENDING")}
-        row.update(base)
+        if params.get("task.name", base.get("task.name")) == base.get("task.name"):
+            row.update(base)
+        else:  # a variant switched the task: the base task's own fields do not apply
+            row.update({k: v for k, v in base.items() if not k.startswith("task.")})
         row.update({k: None for k in meta.get("search", {})})  # inactive conditionals: NaN
         row.update(params)
         last = reports[-1] if reports else {}

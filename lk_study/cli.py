@@ -45,6 +45,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         for key, p in study.search.items():
             cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when) if p.when else ""
             print(f"  {key}: {p.kind} {list(p.values)}{cond}")
+        if study.variants:
+            names = [v.get("task.name", study.config.task.name) for v in study.variants]
+            print(f"  variants: {len(study.variants)} ({', '.join(names)})")
         return 0
     from lk_study.tune import run_study  # imports Ray: only when a study really runs
 

@@ -201,6 +201,9 @@ class Study:
     seed: int = 0  # the searcher's seed
     searcher: str = "optuna"  # optuna | grid | random
     seeds: tuple[int, ...] = ()  # grid/random: every point runs once per seed (train.seed)
+    # grid/random: every point runs once per variant, a dict of dotted config keys (e.g. one
+    # per task with its own model size); variants may switch task.name
+    variants: tuple[dict[str, Any], ...] = ()
     source: str = "<dict>"
 
     def points(self) -> list[dict[str, Any]]:
@@ -218,6 +221,8 @@ class Study:
         else:
             rng = random.Random(self.seed)
             points = [self._draw(rng) for _ in range(self.budget.num_samples)]
+        if self.variants:
+            points = [{**v, **pt} for v in self.variants for pt in points]
         if self.seeds:
             points = [{**pt, "train.seed": s} for pt in points for s in self.seeds]
         return points
@@ -247,6 +252,7 @@ STUDY_KEYS = (
     "search",
     "searcher",
     "seeds",
+    "variants",
     "objective",
     "budget",
     "scheduler",
@@ -536,7 +542,12 @@ def study_from_dict(
     smoke_set = dict(data.get("smoke") or {}) if smoke else {}
     all_over = {**smoke_set, **dict(overrides or {})}
     sections = {k: dict(data.get(k) or {}) for k in ("objective", "budget", "scheduler")}
-    top = {"name": data["name"], "seed": data.get("seed", 0), "seeds": data.get("seeds")}
+    top = {
+        "name": data["name"],
+        "seed": data.get("seed", 0),
+        "seeds": data.get("seeds"),
+        "variants": data.get("variants"),
+    }
     search_raw = (
         dict(data.get("search") or {})
         if isinstance(data.get("search"), Mapping)
@@ -545,7 +556,14 @@ def study_from_dict(
     cfg_over = {}
     base = _build(Config, data.get("config") or {}, "config", where)
     sections_of_config = tuple(f"{f.name}." for f in dataclasses.fields(Config))
-    valid_over = [*config_keys(base.task.name), "name", "seed", "seeds", "search.<key>"] + [
+    valid_over = [
+        *config_keys(base.task.name),
+        "name",
+        "seed",
+        "seeds",
+        "variants",
+        "search.<key>",
+    ] + [
         f"{s}.{f.name}"
         for s, cls in (("objective", Objective), ("budget", Budget), ("scheduler", Scheduler))
         for f in dataclasses.fields(cls)
@@ -554,7 +572,7 @@ def study_from_dict(
     for key, value in all_over.items():
         head, _, rest = key.partition(".")
         origin = _Where("--set" if key in (overrides or {}) else f"{source} smoke")
-        if key in ("name", "seed", "seeds"):
+        if key in ("name", "seed", "seeds", "variants"):
             top[key] = value
         elif head == "search" and rest and isinstance(search_raw, dict):
             search_raw[rest] = value  # replaces (or adds) a searched dimension
@@ -605,6 +623,22 @@ def study_from_dict(
                 f"{where(f'search.{key}')}: search.{key} is a grid, which needs searcher: grid "
                 "(every combination); for Optuna write {choice: [...]}"
             )
+    variants = top["variants"] or []
+    if not isinstance(variants, list) or not all(isinstance(v, Mapping) for v in variants):
+        raise ConfigError(
+            f"{where('variants')}: variants must be a list of mappings of dotted config keys"
+        )
+    for i, variant in enumerate(variants):
+        for key in variant:
+            if key in resolved:
+                raise ConfigError(
+                    f"{where('variants')}: variants[{i}] sets {key!r}, which is also searched"
+                )
+        with_overrides(base, dict(variant), _Where(f"{where('variants')}: variants[{i}]"))
+    if searcher == "optuna" and variants:
+        raise ConfigError(
+            f"{where('variants')}: variants are crossed with searcher: grid or random"
+        )
     if searcher == "optuna" and seeds:
         raise ConfigError(
             f"{where('seeds')}: seeds are crossed with searcher: grid or random; with Optuna, "
@@ -621,6 +655,7 @@ def study_from_dict(
             seed=_coerce(top["seed"], int, "seed", where),
             searcher=searcher,
             seeds=tuple(seeds),
+            variants=tuple(dict(v) for v in variants),
             source=source,
         )
     except _FieldError as e:  # pragma: no cover - sections raise ConfigError already

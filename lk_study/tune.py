@@ -174,6 +174,7 @@ def study_record(study: Study) -> dict:
         "search": {k: to_dict(p) for k, p in study.search.items()},
         "searcher": study.searcher,
         "seeds": list(study.seeds),
+        "variants": list(study.variants),
     }
 
 

@@ -150,3 +150,24 @@ def test_random_searcher_draws_within_bounds(tmp_path):
 def test_malformed_searches_are_rejected(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_study(write(tmp_path, "name: s\n" + text))
+
+
+def test_variants_switch_tasks_and_cross_the_grid(tmp_path):
+    from lk_study.config import Config, with_overrides
+
+    study = load_study("search_spaces/lra_kernels.yaml", smoke=True)
+    points = study.points()
+    assert len(points) == study.num_trials() == 6
+    cfgs = [with_overrides(study.config, pt) for pt in points]
+    assert {c.task.name for c in cfgs} == {"listops", "image", "pathfinder"}
+    assert {c.kernel.name for c in cfgs} == {"softmax", "gmm_prf"}
+    pathfinder = next(c for c in cfgs if c.task.name == "pathfinder")
+    assert pathfinder.task.resolution == 16 and pathfinder.model.d_model == 32
+    full = load_study("search_spaces/lra_kernels.yaml")
+    assert full.num_trials() == 5 * 9 * 3
+    bad = write(
+        tmp_path, "name: v\nsearcher: grid\nvariants:\n  - {task.name: text, task.maxlen: 9}\n"
+    )
+    with pytest.raises(ConfigError, match=r"study.yaml:3: variants\[0\].*task.maxlen"):
+        load_study(bad)
+    assert Config().task.name == "sparsity"
