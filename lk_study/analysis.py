@@ -207,8 +207,10 @@ def format_leaderboard(results: StudyResults, top: int = 20, fmt: str = "text") 
 
 
 def results_searched(results: StudyResults) -> list[str]:
+    """The keys that vary between trials: variant keys, then searched keys."""
     meta = read_json(results.path, STUDY_FILE) or {}
-    return list(meta.get("search", {}))
+    variant_keys = [k for v in meta.get("variants", []) for k in v if k.startswith("task.name")]
+    return list(dict.fromkeys([*variant_keys, *meta.get("search", {})]))
 
 
 # ---------------------------------------------------------------------------- the paper's tables
