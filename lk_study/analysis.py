@@ -19,9 +19,11 @@ From those, the papers' artefacts (figures for each in ``lk_study.plots``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,11 @@ _TUNE_META = {
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
+
+
+def exists(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def read_text(uri: str, name: str) -> str | None:
@@ -128,6 +135,8 @@ def error_reason(text: str) -> str:
 
 def load_study(path: str | Path) -> StudyResults:
     """Read a study folder (see module docstring)."""
+    from lk_study.config import siblings
+
     path = str(path)
     uri = path if "://" in path else str(Path(path).resolve())
     meta = read_json(uri, STUDY_FILE)
@@ -149,7 +158,8 @@ def load_study(path: str | Path) -> StudyResults:
         reports = [json.loads(line) for line in result_text.splitlines() if line.strip()]
         tid = reports[-1]["trial_id"] if reports else info.base_name.split("_")[2]
         row: dict[str, Any] = {"trial_id": tid, "status": statuses.get(tid, "PENDING")}
-        if params.get("task.name", base.get("task.name")) == base.get("task.name"):
+        task = params.get("task.name", base.get("task.name"))
+        if task == base.get("task.name") or siblings(task, base.get("task.name")):
             row.update(base)
         else:  # a variant switched the task: the base task's own fields do not apply
             row.update({k: v for k, v in base.items() if not k.startswith("task.")})
@@ -834,6 +844,18 @@ def trial_checkpoint(study: StudyResults, trial_id: str) -> str:
     return f"{study.path.rstrip('/')}/train_runs/train-{trial_id}"
 
 
+def newest_checkpoint(run: str) -> str | None:
+    """The newest ``checkpoint_*`` folder of a Train run folder (path or URI), or None."""
+    fs, root = _fs(run)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    names = sorted(
+        i.base_name
+        for i in infos
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+    )
+    return f"{run.rstrip('/')}/{names[-1]}" if names else None
+
+
 def best_checkpoint(study: StudyResults, learned: bool = True) -> str:
     """The checkpoint of the best trial on the study objective; with ``learned``, the best
     among kernels with learned spectral parameters (gmm_*, fastfood_*, generator_*)."""
@@ -847,6 +869,47 @@ def best_checkpoint(study: StudyResults, learned: bool = True) -> str:
 
 
 LEARNED_FAMILIES = ("gmm_", "fastfood_", "generator_")
+ENCODER_SHAPE_KEYS = ("model.d_model", "model.num_layers", "model.num_heads", "model.d_ff")
+
+
+def encoder_keys(kernel: str) -> list[str]:
+    """The config keys that fix the encoder's weight shapes for kernel family ``kernel``: the
+    model sizes, ``kernel.name``, ``kernel.num_features`` (random-feature families) and the
+    family's own parameters (``lk-study kernels`` lists them)."""
+    from lk_study.config import KernelConfig
+    from lk_study.kernels import family_params, kernel_class
+    from lk_study.kernels.base import RandomFeatureMap
+
+    kernel_fields = {f.name for f in dataclasses.fields(KernelConfig)}
+    keys = [*ENCODER_SHAPE_KEYS, "kernel.name"]
+    if issubclass(kernel_class(kernel), RandomFeatureMap):
+        keys.append("kernel.num_features")
+    keys += [f"kernel.{p}" for p in family_params(kernel) if p in kernel_fields]
+    return keys
+
+
+def pretrained_trial(study: StudyResults, config: Mapping[str, Any]) -> str:
+    """The trial of ``study`` (e.g. a WikiText-103 pre-training study) whose encoder can start
+    a model of ``config`` (flat dotted keys): same ``encoder_keys``; the best finished one on
+    the study's objective when several match (e.g. seeds). Raises NoResults naming the keys
+    and the candidates when none matches."""
+    keys = encoder_keys(config["kernel.name"])
+    trials = study.leaderboard()
+    done = trials[trials["status"] == "TERMINATED"] if "status" in trials else trials
+    match = done
+    for key in keys:
+        if key not in match:
+            match = match.iloc[0:0]
+            break
+        match = match[match[key].astype(object) == config[key]]
+    if match.empty:
+        want = ", ".join(f"{k}={config[k]}" for k in keys)
+        have = sorted({", ".join(f"{k}={row.get(k)}" for k in keys) for _, row in done.iterrows()})
+        raise NoResults(
+            f"{study.path}: no finished trial with {want}; its finished trials have: "
+            + ("; ".join(have) if have else "none")
+        )
+    return str(match.iloc[0]["trial_id"])
 
 
 # ---------------------------------------------------------------------------- importance

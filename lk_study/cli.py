@@ -1,6 +1,8 @@
 """``lk-study``: run studies, read their results, list kernels.
 
 lk-study tune STUDY.yaml [--storage PATH_OR_URI] [--set key=value ...] [--smoke] [--dry-run]
+    [--address ADDR] [--resume] [--retry-errored]
+lk-study resume STUDY_FOLDER [--address ADDR] [--retry-errored]
 lk-study train STUDY.yaml [--storage ...] [--set key=value ...] [--smoke]
 lk-study results PATH [--table lra|glue|features] [--format text|markdown|csv]
     [--out FILE.parquet|FILE.csv] [--plot DIR] [--top N]
@@ -48,10 +50,27 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if study.variants:
             names = [v.get("task.name", study.config.task.name) for v in study.variants]
             print(f"  variants: {len(study.variants)} ({', '.join(names)})")
+        points = study.points()
+        if study.searcher == "optuna" and points != [{}]:
+            once = sum(study.trials_at(pt) == 1 for pt in points)
+            note = f"; {once} run once, with nothing left for Optuna to search" if once else ""
+            print(
+                f"  grid x Optuna: {len(points)} points, each its own Optuna study of "
+                f"{study.budget.num_samples} trials{note}"
+            )
+        if study.optuna.storage:
+            print(f"  optuna storage: {study.optuna.storage} (optuna-dashboard reads it)")
         return 0
     from lk_study.tune import run_study  # imports Ray: only when a study really runs
 
-    run_study(study, args.storage, args.address)
+    run_study(study, args.storage, args.address, args.resume, args.retry_errored)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from lk_study.tune import resume_study
+
+    resume_study(args.path, args.address, args.retry_errored)
     return 0
 
 
@@ -181,7 +200,26 @@ def main(argv: list[str] | None = None) -> int:
         help="join a running Ray cluster: 'auto' (this machine's `ray start`) or an address; "
         "default: RAY_ADDRESS if set, else an embedded local Ray",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted study in --storage (an error if there is none); "
+        "finished trials are kept, unfinished ones continue from their checkpoints "
+        "(rerunning without --resume also resumes)",
+    )
+    p.add_argument(
+        "--retry-errored", action="store_true", help="on resume, also rerun ERROR trials"
+    )
     p.set_defaults(func=cmd_tune)
+    p = sub.add_parser(
+        "resume", help="continue an interrupted study from its folder (no study file needed)"
+    )
+    p.add_argument("path", help="the study folder or URI, e.g. lk_results/quickstart")
+    p.add_argument("--address", help="join a running Ray cluster (see tune --address)")
+    p.add_argument(
+        "--retry-errored", action="store_true", help="also rerun ERROR trials from checkpoints"
+    )
+    p.set_defaults(func=cmd_resume)
     p = sub.add_parser("train", help="one Ray Train run of a study file's base config, no search")
     p.add_argument("study", help="study YAML; its search space is ignored (fix keys with --set)")
     p.add_argument("--storage", help="checkpoint folder or URI (default ./lk_results)")

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import random
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from lk_study.kernels import KERNELS
+from lk_study.kernels import KERNELS, kernel_from_config
 from lk_study.tasks import TASKS, TaskConfig
 from lk_study.tasks.base import FieldError as _FieldError
 from lk_study.tasks.base import check as _check
@@ -86,19 +87,26 @@ SCHEDULES = ("rsqrt", "linear", "constant")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation. ``lr`` is the peak rate, reached at step ``warmup``.
+    """Optimisation. ``lr`` is the peak rate, reached at step ``warmup`` (W).
 
     rsqrt (LRA):  lr(t) = lr · min(1, t/W) · √(W / max(t, W))
-    linear:       lr(t) = lr · min(t/W, (T − t)/(T − W)),  T = max_steps
+    linear:       lr(t) = lr · min(t/W, (T − t)/(T − W)),  T = the run's total steps
+
+    The budget is ``max_steps``, or with ``epochs`` > 0 (GLUE-style grids) the number of
+    passes over the training split: T = ⌈epochs · ⌊rows / batch_size⌋⌉, resolved when
+    the run has read its data. ``warmup_ratio`` > 0 sets W = round(warmup_ratio · T) (BERT's
+    10 % warmup) instead of ``warmup`` steps. ``eval_every: 0`` evaluates once per epoch.
     """
 
     seed: int = 0
     batch_size: int = 64  # global, split over the data-parallel workers
     max_steps: int = 1000
-    eval_every: int = 100
+    epochs: float = 0.0  # > 0: the budget in passes over the training split (overrides max_steps)
+    eval_every: int = 100  # steps between evaluations; 0 = once per epoch
     lr: float = 1e-3
     schedule: str = "rsqrt"
     warmup: int = 100
+    warmup_ratio: float = 0.0  # > 0: warmup = warmup_ratio x total steps
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.98
@@ -106,11 +114,22 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 = no clipping
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_steps", "eval_every"):
+        for name in ("batch_size", "max_steps"):
             _check(getattr(self, name) >= 1, name, "must be >= 1")
+        _check(self.eval_every >= 0, "eval_every", "must be >= 1, or 0 (once per epoch)")
+        _check(self.epochs >= 0, "epochs", "must be >= 0 (0 = the budget is max_steps)")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
         _check(self.lr > 0, "lr", "must be > 0")
         _check(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}")
         _check(self.warmup >= 0, "warmup", "must be >= 0")
+
+    def resolve(self, per_epoch: int) -> TrainConfig:
+        """This config with ``max_steps``, ``warmup`` and ``eval_every`` in steps, for
+        ``per_epoch`` optimiser steps per pass over the training split."""
+        total = math.ceil(self.epochs * per_epoch) if self.epochs else self.max_steps
+        warmup = round(self.warmup_ratio * total) if self.warmup_ratio else self.warmup
+        every = self.eval_every or per_epoch
+        return dataclasses.replace(self, max_steps=total, warmup=warmup, eval_every=every)
 
 
 @dataclass(frozen=True)
@@ -147,7 +166,9 @@ class Param:
     ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}`` or ``{int: [lo, hi]}``, optionally
     ``when: {key: [values]}`` (used only when an earlier searched key took one of those
     values). ``searcher: grid`` runs every combination of the finite lists; ``random``
-    draws each value uniformly (log-uniformly for loguniform); ``optuna`` lets TPE pick."""
+    draws each value uniformly (log-uniformly for loguniform); ``optuna`` lets TPE pick,
+    except ``{grid: [...]}`` lists: every combination of those gets its own TPE search
+    over the other dimensions (``Study.points``, ``Study.optuna_space``)."""
 
     kind: str
     values: tuple
@@ -181,13 +202,31 @@ class Scheduler:
     """Early stopping on the training step counter (``time_attr`` = step)."""
 
     name: str = "asha"  # asha | none
-    grace_period: int = 100  # steps before a trial may be stopped
+    grace_period: int = 100  # steps (epochs if the study budgets in epochs) before a stop
     reduction_factor: int = 2
 
     def __post_init__(self) -> None:
         _check(self.name in ("asha", "none"), "name", "must be asha or none")
         _check(self.grace_period >= 1, "grace_period", "must be >= 1")
         _check(self.reduction_factor >= 2, "reduction_factor", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class OptunaSettings:
+    """searcher: optuna -- where its studies live: ``storage: ""`` in memory (kept in Tune's
+    searcher checkpoints), or an SQLAlchemy URL such as ``sqlite:///optuna.db`` (a relative
+    path is taken from the current directory when the study starts), which
+    ``optuna-dashboard sqlite:///...`` reads while the study runs."""
+
+    storage: str = ""
+
+    def __post_init__(self) -> None:
+        _check(
+            not self.storage or re.match(r"^[a-z][a-z0-9+]*://", self.storage) is not None,
+            "storage",
+            f"{self.storage!r} is not a database URL; write e.g. sqlite:///optuna.db, "
+            "or leave it out to keep the Optuna studies in memory",
+        )
 
 
 @dataclass(frozen=True)
@@ -200,27 +239,31 @@ class Study:
     scheduler: Scheduler = field(default_factory=Scheduler)
     seed: int = 0  # the searcher's seed
     searcher: str = "optuna"  # optuna | grid | random
-    seeds: tuple[int, ...] = ()  # grid/random: every point runs once per seed (train.seed)
-    # grid/random: every point runs once per variant, a dict of dotted config keys (e.g. one
-    # per task with its own model size); variants may switch task.name
+    seeds: tuple[int, ...] = ()  # every point runs once per seed (train.seed)
+    # every point runs once per variant, a dict of dotted config keys (e.g. one per task with
+    # its own model size); variants may switch task.name
     variants: tuple[dict[str, Any], ...] = ()
+    optuna: OptunaSettings = field(default_factory=OptunaSettings)
     source: str = "<dict>"
 
     def points(self) -> list[dict[str, Any]]:
-        """grid/random: the explicit trial parameters, seeds crossed in (optuna: [])."""
-        if self.searcher == "optuna":
-            return []
-        if self.searcher == "grid":
-            points: list[dict[str, Any]] = [{}]
+        """The explicit points, variants and seeds crossed in. grid: every combination of
+        the lists; random: ``num_samples`` draws; optuna: every combination of the
+        ``{grid: [...]}`` lists ([{}] when there are none), each one searched by its own
+        Optuna study (``optuna_space``)."""
+        if self.searcher == "random":
+            rng = random.Random(self.seed)
+            points = [self._draw(rng) for _ in range(self.budget.num_samples)]
+        else:
+            points = [{}]
             for key, p in self.search.items():
+                if self.searcher == "optuna" and p.kind != "grid":
+                    continue  # searched by TPE at every point
                 points = [
                     {**pt, key: v} if p.active(pt) else pt
                     for pt in points
                     for v in (p.values if p.active(pt) else [None])
                 ]
-        else:
-            rng = random.Random(self.seed)
-            points = [self._draw(rng) for _ in range(self.budget.num_samples)]
         if self.variants:
             points = [{**v, **pt} for v in self.variants for pt in points]
         if self.seeds:
@@ -242,8 +285,28 @@ class Study:
                 pt[key] = rng.uniform(*p.values)
         return pt
 
+    def optuna_space(self, point: Mapping[str, Any]) -> dict[str, Param]:
+        """optuna: the dimensions TPE searches at grid ``point`` -- the non-grid ones, their
+        conditions on grid keys decided by the point's values (a false one drops the
+        dimension, and with it those that depend on it)."""
+        space: dict[str, Param] = {}
+        for key, p in self.search.items():
+            # conditions on keys TPE does not search here: grid keys (the point has them)
+            # or dimensions already dropped (it has not, so the condition is false)
+            fixed = Param(p.kind, p.values, tuple(c for c in p.when if c[0] not in space))
+            if p.kind != "grid" and fixed.active(point):
+                space[key] = Param(p.kind, p.values, tuple(c for c in p.when if c[0] in space))
+        return space
+
+    def trials_at(self, point: Mapping[str, Any]) -> int:
+        """optuna: trials at grid ``point``: ``num_samples``, or 1 when TPE has nothing to
+        search there (every trial would be the same)."""
+        return self.budget.num_samples if self.optuna_space(point) else 1
+
     def num_trials(self) -> int:
-        return len(self.points()) if self.searcher != "optuna" else self.budget.num_samples
+        if self.searcher == "optuna":
+            return sum(self.trials_at(pt) for pt in self.points())
+        return len(self.points())
 
 
 STUDY_KEYS = (
@@ -256,6 +319,7 @@ STUDY_KEYS = (
     "objective",
     "budget",
     "scheduler",
+    "optuna",
     "seed",
     "smoke",
 )
@@ -420,6 +484,15 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def siblings(a: str, b: str) -> bool:
+    """Tasks whose config sections have the same fields and defaults apart from the name."""
+
+    def section(task: str) -> dict[str, Any]:
+        return {k: v for k, v in to_dict(TASKS[task].Config()).items() if k != "name"}
+
+    return section(a) == section(b)
+
+
 def with_overrides(
     cfg: Config, overrides: Mapping[str, Any], where: _Where | None = None
 ) -> Config:
@@ -433,7 +506,9 @@ def with_overrides(
         if key not in valid:
             raise _unknown(where, key, key, valid)
     current = flatten(cfg)
-    if task != cfg.task.name:  # another task: start from its defaults
+    if task != cfg.task.name and not siblings(task, cfg.task.name):
+        # another task: start from its defaults (sibling tasks, such as the GLUE tasks,
+        # whose sections differ only in the name, keep the section)
         current = {k: v for k, v in current.items() if not k.startswith("task.")}
         current.update({k: v for k, v in flatten(cfg).items() if k in COMMON_TASK_KEYS})
         current.pop("task.name")
@@ -527,7 +602,7 @@ def study_from_dict(
     smoke: bool = False,
 ) -> Study:
     """Validate a study mapping. ``overrides`` are dotted keys (config keys, or
-    objective./budget./scheduler./seed/name); a searched config key that is overridden is
+    objective./budget./scheduler./optuna./seed/name); a searched config key that is overridden is
     fixed and leaves the search. ``smoke`` applies the file's ``smoke:`` overrides first."""
     where = _Where(source, lines)
     if not isinstance(data, Mapping):
@@ -541,7 +616,11 @@ def study_from_dict(
         raise ConfigError(f"{source}: missing key 'name' (the study's name)")
     smoke_set = dict(data.get("smoke") or {}) if smoke else {}
     all_over = {**smoke_set, **dict(overrides or {})}
-    sections = {k: dict(data.get(k) or {}) for k in ("objective", "budget", "scheduler")}
+    sections = {}
+    for k in ("objective", "budget", "scheduler", "optuna"):
+        if not isinstance(data.get(k) or {}, Mapping):
+            raise ConfigError(f"{where(k)}: {k} must be a mapping, got {data[k]!r}")
+        sections[k] = dict(data.get(k) or {})
     top = {
         "name": data["name"],
         "seed": data.get("seed", 0),
@@ -565,7 +644,12 @@ def study_from_dict(
         "search.<key>",
     ] + [
         f"{s}.{f.name}"
-        for s, cls in (("objective", Objective), ("budget", Budget), ("scheduler", Scheduler))
+        for s, cls in (
+            ("objective", Objective),
+            ("budget", Budget),
+            ("scheduler", Scheduler),
+            ("optuna", OptunaSettings),
+        )
         for f in dataclasses.fields(cls)
     ]
     task_keys = config_keys(all_over.get("task.name", base.task.name))
@@ -618,11 +702,18 @@ def study_from_dict(
                 f"{where(f'search.{key}')}: searcher: grid needs finite lists, but search.{key} "
                 f"is {p.kind}; use {{grid: [...]}} or searcher: random / optuna"
             )
-        if searcher == "optuna" and p.kind == "grid":
+        searched = [k for k, _ in p.when if resolved.get(k, p).kind != "grid"]
+        if searcher == "optuna" and p.kind == "grid" and searched:
             raise ConfigError(
-                f"{where(f'search.{key}')}: search.{key} is a grid, which needs searcher: grid "
-                "(every combination); for Optuna write {choice: [...]}"
+                f"{where(f'search.{key}.when')}: search.{key} is a grid, so its points are "
+                f"fixed before Optuna runs, but its when refers to {searched[0]!r}, which "
+                "Optuna searches; make that key a grid too, or this one a choice"
             )
+    if seeds and "train.seed" in resolved:
+        raise ConfigError(
+            f"{where('search.train.seed')}: train.seed is searched and also set by seeds; "
+            "keep one of them"
+        )
     variants = top["variants"] or []
     if not isinstance(variants, list) or not all(isinstance(v, Mapping) for v in variants):
         raise ConfigError(
@@ -635,14 +726,10 @@ def study_from_dict(
                     f"{where('variants')}: variants[{i}] sets {key!r}, which is also searched"
                 )
         with_overrides(base, dict(variant), _Where(f"{where('variants')}: variants[{i}]"))
-    if searcher == "optuna" and variants:
+    if sections["optuna"] and searcher != "optuna":
         raise ConfigError(
-            f"{where('variants')}: variants are crossed with searcher: grid or random"
-        )
-    if searcher == "optuna" and seeds:
-        raise ConfigError(
-            f"{where('seeds')}: seeds are crossed with searcher: grid or random; with Optuna, "
-            "set train.seed in config (or search it) instead"
+            f"{where('optuna')}: the optuna section applies to searcher: optuna, "
+            f"not {searcher}; remove it"
         )
     try:
         study = Study(
@@ -652,6 +739,7 @@ def study_from_dict(
             objective=_build(Objective, sections["objective"], "objective", where),
             budget=_build(Budget, sections["budget"], "budget", where),
             scheduler=_build(Scheduler, sections["scheduler"], "scheduler", where),
+            optuna=_build(OptunaSettings, sections["optuna"], "optuna", where),
             seed=_coerce(top["seed"], int, "seed", where),
             searcher=searcher,
             seeds=tuple(seeds),
@@ -660,7 +748,46 @@ def study_from_dict(
         )
     except _FieldError as e:  # pragma: no cover - sections raise ConfigError already
         raise ConfigError(f"{source}: {e}") from None
+    check_trials(study)
     return study
+
+
+def check_trials(study: Study, limit: int = 5000) -> None:
+    """Build each distinct attention kernel the study's trials would build, so constraints
+    across keys (e.g. GMM ``num_components`` <= ``num_features`` / 2) fail here, before Ray
+    starts, naming the trial. Grid/random: every point. Optuna: every combination of its
+    finite values and integer bounds (continuous values cannot break a kernel), crossed with
+    the study's explicit points, when there are at most ``limit``."""
+    points = study.points()
+    if study.searcher == "optuna":  # each grid point x the finite part of its TPE space
+        expanded: list[dict[str, Any]] = []
+        for point in points:
+            combos: list[dict[str, Any]] = [{}]
+            for key, p in study.optuna_space(point).items():
+                values = p.values if p.kind in (*FINITE, "int") else p.values[:1]
+                combos = [
+                    {**c, key: v} if p.active(c) else c
+                    for c in combos
+                    for v in (values if p.active(c) else [None])
+                ]
+                if len(expanded) + len(combos) > limit:
+                    return
+            expanded += [{**point, **c} for c in combos]
+        points = expanded
+    seen = set()
+    for point in points:
+        shape = {k: v for k, v in point.items() if k.startswith(("kernel.", "model."))}
+        key = tuple(sorted(shape.items(), key=str))
+        if key in seen:
+            continue
+        seen.add(key)
+        cfg = with_overrides(study.config, shape)
+        m = cfg.model
+        try:
+            kernel_from_config(cfg.kernel, m.d_model // m.num_heads, m.num_heads)
+        except ValueError as e:
+            shown = ", ".join(f"{k}={v}" for k, v in shape.items()) or "the base config"
+            raise ConfigError(f"{study.source}: the trial with {shown} is invalid: {e}") from None
 
 
 def load_study(

@@ -14,6 +14,7 @@ import functools
 import math
 import os
 import resource
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,8 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lk_study.config import Config, TrainConfig, config_from_dict, to_dict
-from lk_study.kernels import build_kernel, family_params
+from lk_study.config import Config, TrainConfig, config_from_dict, flatten, to_dict, with_overrides
+from lk_study.kernels import kernel_from_config
 from lk_study.models import Classifier, DualClassifier, Encoder, Regressor
 from lk_study.models.mlm import MaskedLM, load_encoder
 from lk_study.tasks import Split, get_task, prepare
@@ -37,10 +38,9 @@ def build_model(cfg: Config) -> Classifier:
     """The model for ``cfg``: encoder sized by cfg.model, kernel from the registry, the task's
     head (classify, regress or dual)."""
     task = get_task(cfg.task.name)
-    m, k = cfg.model, cfg.kernel
-    family = {p: getattr(k, p) for p in family_params(k.name) if hasattr(k, p)}
+    m = cfg.model
     make_kernel = functools.partial(
-        build_kernel, k.name, m.d_model // m.num_heads, m.num_heads, k.num_features, **family
+        kernel_from_config, cfg.kernel, m.d_model // m.num_heads, m.num_heads
     )
     encoder = Encoder(
         task.vocab_size(cfg.task),
@@ -195,14 +195,18 @@ def fit(
     ``state`` (from a previous report) resumes the run; ``wrap`` is e.g. Ray's prepare_model.
     """
     device = device or torch.device("cpu")
-    t = cfg.train
-    torch.manual_seed(t.seed)
+    torch.manual_seed(cfg.train.seed)
     task = get_task(cfg.task.name)
     paths = prepare(cfg.task)  # cached; generated once per machine under a file lock
     max_len = task.max_len(cfg.task)
     train = Split(paths["train"], rank, world_size, max_len)
     evals = {s: Split(paths[s], rank, world_size, max_len) for s in task.splits if s != "train"}
-    local_batch = max(t.batch_size // world_size, 1)
+    local_batch = max(cfg.train.batch_size // world_size, 1)
+    steps_per_epoch = max(train.total_rows // (local_batch * world_size), 1)
+    t = cfg.train.resolve(steps_per_epoch)  # epochs, warmup_ratio -> steps
+    # files each checkpoint carries besides the state (e.g. the MLM's tokenizer.json)
+    files = task.artifacts(cfg.task) if hasattr(task, "artifacts") else {}
+    artifacts = {name: str(path) for name, path in files.items()}
 
     core = build_model(cfg).to(device)
     num_params = sum(p.numel() for p in core.parameters())
@@ -232,16 +236,15 @@ def fit(
     core.encoder.resample_kernels(t.seed, train_draw(start))
     model = wrap(core)
     amp = device.type == "cuda"
-    steps_per_epoch = max(len(train) // local_batch, 1)
 
     t0, tokens, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
     last_report = t0
 
     def evaluate_and_report(done: int, error: str | None = None) -> None:
         nonlocal loss_sum, loss_n, tokens, last_report
-        metrics = {}
+        metrics, results = {}, {}
         for split_name, split in evals.items():
-            result = evaluate(
+            results[split_name] = result = evaluate(
                 model,
                 core,
                 split,
@@ -254,11 +257,14 @@ def fit(
                 train_draw(done - 1),
             )
             metrics.update({f"{metric_prefix(split_name)}{k}": v for k, v in result.items()})
+        if hasattr(task, "score"):  # one number over the eval splits (GLUE's task score)
+            metrics["val_score"] = task.score(results)
         now = time.perf_counter()
         train_loss, n, tok = _all_sum([loss_sum, float(loss_n), float(tokens)], device)
         metrics.update(
             step=done,
             epoch=done / steps_per_epoch,
+            total_steps=t.max_steps,
             train_loss=train_loss / max(n, 1),
             tokens_per_s=tok / max(now - last_report, 1e-9),
             seconds=elapsed + now - t0,
@@ -278,6 +284,7 @@ def fit(
                 "step": done,
                 "seconds": metrics["seconds"],
                 "config": to_dict(cfg),
+                "artifacts": artifacts,
             }
         report(metrics, snapshot)
         loss_sum, loss_n, tokens, last_report = 0.0, 0, 0, time.perf_counter()
@@ -329,13 +336,35 @@ def inject_failure(step: int) -> None:
 
 # ---------------------------------------------------------------------------- Ray Train
 
+LOCAL_FILES = ("model.init_from", "task.tokenizer")  # config keys naming files to read
+
+
+def localise(cfg: Config) -> Config:
+    """``cfg`` with the files it reads (``LOCAL_FILES``) copied to this node when they are
+    s3:// / gs:// URIs (a checkpoint folder, or a file); local paths are kept."""
+    import pyarrow.fs as pafs
+
+    flat = flatten(cfg)
+    local = {}
+    for key in LOCAL_FILES:
+        uri = flat.get(key)
+        if not (isinstance(uri, str) and "://" in uri):
+            continue
+        fs, path = pafs.FileSystem.from_uri(uri)
+        dest = Path(tempfile.mkdtemp(prefix="lk_study_")) / Path(path).name
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            dest.mkdir()
+        pafs.copy_files(path, str(dest), source_filesystem=fs)
+        local[key] = str(dest)
+    return with_overrides(cfg, local) if local else cfg
+
 
 def train_loop_per_worker(config: dict) -> None:
     """Entry point of every Ray Train worker; ``config`` = {"config": Config as a dict}."""
     import ray.train
     import ray.train.torch
 
-    cfg = config_from_dict(config["config"])
+    cfg = localise(config_from_dict(config["config"]))
     ctx = ray.train.get_context()
     cpus = cfg.scaling.resources_per_worker.get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
@@ -352,6 +381,8 @@ def train_loop_per_worker(config: dict) -> None:
             return
         with tempfile.TemporaryDirectory() as d:
             torch.save(snapshot, os.path.join(d, CHECKPOINT_FILE))
+            for name, src in snapshot.get("artifacts", {}).items():
+                shutil.copyfile(src, os.path.join(d, name))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     fit(

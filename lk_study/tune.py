@@ -35,14 +35,18 @@ from lk_study import analysis
 from lk_study.config import (
     Config,
     ConfigError,
+    Objective,
+    OptunaSettings,
     Param,
     Study,
     config_from_dict,
     flatten,
+    nest,
     to_dict,
     with_overrides,
 )
-from lk_study.train import train_loop_per_worker
+from lk_study.searchers import GridOptunaSearch, optuna_storage, storage_url, study_names
+from lk_study.train import LOCAL_FILES, train_loop_per_worker
 
 DRIVER_CPU = 0.1
 POINT = "point"  # grid/random: each trial's parameters, one explicit dict per trial
@@ -77,14 +81,94 @@ def tpe_sampler(seed: int) -> optuna.samplers.TPESampler:
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
-def trial_driver(params: dict, base: dict, train_storage: str) -> None:
+def optuna_searcher(study: Study) -> GridOptunaSearch:
+    """searcher: optuna -- at every grid point (``study.points()``; one, ``{}``, without
+    grid lists, variants or seeds) its own TPE study (seed ``study.seed + i``) over the
+    dimensions left there, in ``study.optuna.storage`` when set (searchers.py)."""
+    points = study.points()
+    storage = optuna_storage(study.optuna.storage)  # one connection pool for all points
+    names = study_names(study.name, points)
+    obj = study.objective
+    searchers = [
+        OptunaSearch(
+            DefineByRun(study.optuna_space(point)),
+            metric=obj.metric,
+            mode=obj.mode,
+            sampler=tpe_sampler(study.seed + i),
+            study_name=names[i],
+            storage=storage,
+        )
+        for i, point in enumerate(points)
+    ]
+    trials = [study.trials_at(point) for point in points]
+    return GridOptunaSearch(points, searchers, trials, obj.metric, obj.mode)
+
+
+def trial_driver(params: dict, base: dict, train_storage: str, root: str) -> None:
     """One Tune trial: run Ray Train on the base config with this trial's parameters
-    (Optuna's suggestions, or a grid/random ``point``)."""
-    cfg = with_overrides(config_from_dict(base), params.get(POINT, params))
+    (Optuna's suggestions, or a grid/random ``point``); ``study:NAME`` references resolved
+    against the storage ``root``."""
+    cfg = resolve_refs(with_overrides(config_from_dict(base), params.get(POINT, params)), root)
     trial_id = tune.get_context().get_trial_id()
     # a restored trial resumes from its own checkpoints: the Train run is named after it
     trainer = make_trainer(cfg, f"train-{trial_id}", train_storage, [TuneReportCallback()])
     trainer.fit()  # a worker's exception (e.g. a NaN loss) fails this trial, not the study
+
+
+STUDY_REF = "study:"  # model.init_from / task.tokenizer: "study:NAME" (see resolve_refs)
+
+
+def resolve_refs(cfg: Config, root: str, studies: dict | None = None) -> Config:
+    """``cfg`` with ``study:NAME`` values of ``model.init_from`` / ``task.tokenizer``
+    replaced by the checkpoint (its ``tokenizer.json``) of the trial of study NAME, in the
+    same storage ``root``, whose encoder fits this config (``analysis.pretrained_trial``:
+    same model sizes, kernel family and kernel parameters; the best one if several). This
+    chains pre-training and fine-tuning studies (jobs/pretrain_then_glue.py). ``studies``
+    caches loaded studies between calls. A ConfigError says what is missing."""
+    flat = flatten(cfg)
+    refs = {
+        k: flat[k].removeprefix(STUDY_REF)
+        for k in LOCAL_FILES
+        if isinstance(flat.get(k), str) and flat[k].startswith(STUDY_REF)
+    }
+    studies = {} if studies is None else studies
+    resolved = {}
+    for key, name in refs.items():
+        where = f"{key}: {STUDY_REF}{name}"
+        if name not in studies:
+            try:
+                studies[name] = analysis.load_study(f"{root.rstrip('/')}/{name}")
+            except FileNotFoundError:
+                raise ConfigError(
+                    f"{where}: {root.rstrip('/')}/{name} holds no study; run that study first "
+                    "(jobs/pretrain_then_glue.py runs both) or pass the --storage that holds it"
+                ) from None
+        try:
+            trial = analysis.pretrained_trial(studies[name], flat)
+        except analysis.NoResults as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if (key, name, trial) not in studies:
+            ckpt = analysis.newest_checkpoint(analysis.trial_checkpoint(studies[name], trial))
+            if ckpt is None:
+                raise ConfigError(f"{where}: trial {trial} of {name} saved no checkpoint")
+            if key == "task.tokenizer":
+                ckpt = f"{ckpt}/tokenizer.json"
+                if not analysis.exists(ckpt):
+                    raise ConfigError(f"{where}: {ckpt} does not exist (that task saves none)")
+            studies[key, name, trial] = ckpt
+        resolved[key] = studies[key, name, trial]
+    return with_overrides(cfg, resolved) if resolved else cfg
+
+
+def check_refs(study: Study, root: str) -> None:
+    """Preflight: every trial's ``study:NAME`` references resolve (before Ray starts)."""
+    if not any(str(v).startswith(STUDY_REF) for v in flatten(study.config).values()) and not any(
+        str(v).startswith(STUDY_REF) for p in study.variants for v in p.values()
+    ):
+        return
+    studies: dict = {}
+    for point in study.points() or [{}]:
+        resolve_refs(with_overrides(study.config, point), root, studies)
 
 
 def make_trainer(cfg: Config, name: str, storage: str, callbacks: list) -> TorchTrainer:
@@ -136,6 +220,20 @@ def concurrency(study: Study, cluster: dict[str, float]) -> int:
     return fit
 
 
+def asha_budget(study: Study) -> tuple[str, float]:
+    """ASHA's time attribute and its max_t: ``epoch`` when the study budgets in epochs
+    (``train.epochs`` > 0 in the config, a variant or the search), else ``step``."""
+    t = study.config.train
+    epochs = [t.epochs, *(v.get("train.epochs", 0) for v in study.variants)]
+    steps = [t.max_steps, *(v.get("train.max_steps", 0) for v in study.variants)]
+    for key, values in (("train.epochs", epochs), ("train.max_steps", steps)):
+        if key in study.search:
+            values.extend(study.search[key].values)
+    if max(epochs) > 0:
+        return "epoch", max(epochs)
+    return "step", max(steps)
+
+
 def storage_uri(storage: str | None) -> str:
     """An absolute path or a URI for Ray's storage."""
     storage = storage or os.environ.get("LK_STUDY_STORAGE") or DEFAULT_STORAGE
@@ -175,11 +273,44 @@ def study_record(study: Study) -> dict:
         "searcher": study.searcher,
         "seeds": list(study.seeds),
         "variants": list(study.variants),
+        # only when set, so folders of studies run before this key existed still resume
+        **(
+            {"optuna": {"storage": storage_url(study.optuna.storage)}}
+            if study.optuna.storage
+            else {}
+        ),
     }
 
 
-def run_study(study: Study, storage: str | None = None, address: str | None = None) -> str:
-    """Run (or resume) ``study``; returns the experiment path. Prints the leaderboard."""
+def check_writable(exp_path: str) -> None:
+    """Preflight: create the study folder and write, read back and delete a probe file."""
+    probe = f"{exp_path.rstrip('/')}/.lk_study_probe"
+    try:
+        fs, path = analysis._fs(probe)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(b"ok")
+        fs.delete_file(path)
+    except OSError as e:
+        raise ConfigError(
+            f"storage {exp_path} is not writable ({e}); pass --storage with a folder or "
+            "s3:// / gs:// URI this machine (and on a cluster, every node) can write"
+        ) from None
+
+
+def run_study(
+    study: Study,
+    storage: str | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    retry_errored: bool = False,
+) -> str:
+    """Run ``study``, or resume it when its storage holds it (finished trials are kept,
+    unfinished ones continue from their checkpoints; ``retry_errored`` also reruns ERROR
+    trials from theirs). ``resume=True`` insists: an error if there is nothing to resume.
+    Preflight before Ray starts: storage writable, the same study (not another of the same
+    name), ``study:`` references resolvable. Returns the experiment path; prints the
+    leaderboard."""
     root = storage_uri(storage)
     exp_path = f"{root.rstrip('/')}/{study.name}"
     record = study_record(study)
@@ -189,41 +320,52 @@ def run_study(study: Study, storage: str | None = None, address: str | None = No
             f"{exp_path} holds a different study named {study.name!r} (its config or search "
             "space differ); pass another --storage or rename the study, so its trials are kept"
         )
+    restore = tune.Tuner.can_restore(exp_path)
+    if resume and not restore:
+        raise ConfigError(
+            f"nothing to resume at {exp_path} (no Tune experiment there); "
+            "run without --resume to start the study"
+        )
+    check_writable(exp_path)
+    check_refs(study, root)
     started = ensure_ray(address)
     trainable = tune.with_resources(
         tune.with_parameters(
-            trial_driver, base=to_dict(study.config), train_storage=f"{exp_path}/train_runs"
+            trial_driver,
+            base=to_dict(study.config),
+            train_storage=f"{exp_path}/train_runs",
+            root=root,
         ),
         {"CPU": DRIVER_CPU},
     )
-    if tune.Tuner.can_restore(exp_path):
+    if restore:
         print(f"Resuming study {study.name!r} from {exp_path}")
-        tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            exp_path, trainable, resume_unfinished=True, resume_errored=retry_errored
+        )
     else:
         analysis.write_json(exp_path, analysis.STUDY_FILE, record)
         obj = study.objective
         n = concurrency(study, ray.cluster_resources())
         if study.searcher == "optuna":
-            optuna_search = OptunaSearch(
-                DefineByRun(study.search),
-                metric=obj.metric,
-                mode=obj.mode,
-                sampler=tpe_sampler(study.seed),
-            )
             search = {
-                "search_alg": ConcurrencyLimiter(optuna_search, max_concurrent=n),
-                "num_samples": study.budget.num_samples,
+                "search_alg": ConcurrencyLimiter(optuna_searcher(study), max_concurrent=n),
+                "num_samples": study.num_trials(),
             }
             param_space = {}
+            if study.optuna.storage:
+                url = storage_url(study.optuna.storage)
+                print(f"Optuna studies in {url}; browse them with: optuna-dashboard {url}")
         else:  # every point once, in order
             search = {"max_concurrent_trials": n, "num_samples": 1}
             param_space = {POINT: tune.grid_search(study.points())}
         sch = study.scheduler
         if sch.name == "asha":
+            time_attr, max_t = asha_budget(study)
             scheduler = ASHAScheduler(
-                time_attr="step",  # our own counter: survives restores, unlike training_iteration
-                max_t=study.config.train.max_steps,
-                grace_period=min(sch.grace_period, study.config.train.max_steps),
+                time_attr=time_attr,  # our own counter: survives restores (training_iteration not)
+                max_t=max_t,
+                grace_period=min(sch.grace_period, max_t),
                 reduction_factor=sch.reduction_factor,
             )
         else:
@@ -249,6 +391,42 @@ def run_study(study: Study, storage: str | None = None, address: str | None = No
     print(analysis.format_leaderboard(table))
     print(f"\nResults table: {out}")
     return exp_path
+
+
+def study_from_record(record: dict) -> Study:
+    """The Study a study folder's lk_study.json describes (inverse of ``study_record``):
+    enough to resume it without its YAML file."""
+    return Study(
+        name=record["name"],
+        config=config_from_dict(nest(record["config"]), f"{record['source']} (as run)"),
+        search={
+            k: Param(p["kind"], tuple(p["values"]), tuple((c, tuple(v)) for c, v in p["when"]))
+            for k, p in record["search"].items()
+        },
+        objective=Objective(**record["objective"]),
+        searcher=record["searcher"],
+        seeds=tuple(record["seeds"]),
+        variants=tuple(record["variants"]),
+        optuna=OptunaSettings(**record.get("optuna", {})),
+        source=record["source"],
+    )
+
+
+def resume_study(path: str, address: str | None = None, retry_errored: bool = False) -> str:
+    """Resume the study in folder (or URI) ``path`` (``lk-study resume PATH``)."""
+    uri = path if "://" in path else os.path.abspath(path)
+    record = analysis.read_json(uri, analysis.STUDY_FILE)
+    if record is None:
+        raise ConfigError(f"{path}: not a study folder (no {analysis.STUDY_FILE})")
+    root, _, folder = uri.rstrip("/").rpartition("/")
+    if folder != record["name"]:
+        raise ConfigError(
+            f"{path}: the folder of study {record['name']!r} must keep its name "
+            f"(Tune resumes it by name); rename it back to {record['name']}"
+        )
+    return run_study(
+        study_from_record(record), root, address, resume=True, retry_errored=retry_errored
+    )
 
 
 def run_single(study: Study, storage: str | None = None, address: str | None = None) -> dict:

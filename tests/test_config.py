@@ -136,9 +136,31 @@ def test_random_searcher_draws_within_bounds(tmp_path):
             "searcher: grid\nsearch:\n  train.lr: {uniform: [0.1, 0.2]}\n",
             r"study.yaml:4: searcher: grid needs finite lists",
         ),
-        ("search:\n  kernel.name: {grid: [prf]}\n", r"study.yaml:3: .*needs searcher: grid"),
         ("searcher: grid\nsearch:\n  kernel.name: {grid: []}\n", r"study.yaml:4: .*non-empty list"),
-        ("seeds: [0, 1]\n", r"study.yaml:2: seeds are crossed with searcher: grid or random"),
+        (
+            "search:\n  kernel.name: {grid: []}\n",
+            r"study.yaml:3: search.kernel.name.grid .*non-empty",
+        ),
+        (
+            "search:\n  kernel.name: {choice: [prf, elu]}\n"
+            "  kernel.num_features: {grid: [8, 16], when: {kernel.name: [prf]}}\n",
+            r"study.yaml:4: search.kernel.num_features is a grid.*refers to 'kernel.name', which "
+            "Optuna searches",
+        ),
+        (
+            "seeds: [0, 1]\nsearch:\n  train.seed: {int: [0, 9]}\n",
+            r"study.yaml:4: train.seed is searched and also set by seeds",
+        ),
+        (
+            "searcher: grid\noptuna: {storage: 'sqlite:///o.db'}\n",
+            r"study.yaml:3: the optuna section applies to searcher: optuna, not grid",
+        ),
+        (
+            "optuna: {storage: o.db}\n",
+            r"study.yaml:2: optuna.storage: 'o.db' is not a database URL",
+        ),
+        ("optuna: {storge: x}\n", r"study.yaml:2: unknown key 'optuna.storge'.*'storage'"),
+        ("optuna: sqlite:///o.db\n", r"study.yaml:2: optuna must be a mapping"),
         ("searcher: bayes\n", r"study.yaml:2: searcher 'bayes' is not one of optuna, grid"),
         (
             "searcher: grid\nsearch:\n"
@@ -171,3 +193,49 @@ def test_variants_switch_tasks_and_cross_the_grid(tmp_path):
     with pytest.raises(ConfigError, match=r"study.yaml:3: variants\[0\].*task.maxlen"):
         load_study(bad)
     assert Config().task.name == "sparsity"
+
+
+GRID_X_OPTUNA = """name: gx
+seeds: [0, 1]
+optuna: {storage: "sqlite:///optuna.db"}
+search:
+  kernel.name: {grid: [softmax, prf]}
+  kernel.num_features: {choice: [8, 16], when: {kernel.name: [prf]}}
+  train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+budget: {num_samples: 5}
+"""
+
+
+def test_grid_crossed_with_optuna_counts_points_times_samples(tmp_path, capsys):
+    p = write(tmp_path, GRID_X_OPTUNA)
+    study = load_study(p)
+    points = study.points()
+    assert points == [
+        {"kernel.name": k, "train.seed": s} for k in ("softmax", "prf") for s in (0, 1)
+    ]
+    assert study.num_trials() == 4 * 5
+    assert list(study.optuna_space(points[0])) == ["train.lr"]  # condition decided by the point
+    prf = study.optuna_space(points[2])
+    assert (
+        list(prf) == ["kernel.num_features", "train.lr"] and prf["kernel.num_features"].when == ()
+    )
+    assert study.optuna.storage == "sqlite:///optuna.db"
+    assert main(["tune", str(p), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "20 trials (searcher optuna, seeds [0, 1])" in out
+    assert "grid x Optuna: 4 points, each its own Optuna study of 5 trials" in out
+    assert "optuna storage: sqlite:///optuna.db" in out
+    # --set reaches the optuna section; fixing the grid key leaves one point per seed
+    study = load_study(p, {"optuna.storage": "sqlite:////tmp/o.db", "kernel.name": "prf"})
+    assert study.optuna.storage == "sqlite:////tmp/o.db" and study.num_trials() == 2 * 5
+    # without TPE dimensions left at a point, that point runs once
+    study = load_study(p, {"train.lr": 1e-3})
+    assert study.num_trials() == 2 * 1 + 2 * 5
+    assert main(["tune", str(p), "--dry-run", "--set", "train.lr=1e-3"]) == 0
+    assert "2 run once, with nothing left for Optuna to search" in capsys.readouterr().out
+
+
+def test_plain_optuna_is_one_point():
+    study = load_study(QUICKSTART)
+    assert study.points() == [{}] and study.num_trials() == study.budget.num_samples
+    assert study.optuna_space({}) == study.search

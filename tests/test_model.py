@@ -1,11 +1,13 @@
 """Smoke tier: the model learns; the training loop's schedule and data order."""
 
 import copy
+import math
 
 import pytest
 import torch
 
 from lk_study.config import Config, with_overrides
+from lk_study.tasks import Split, prepare
 from lk_study.train import batches, build_model, fit, lr_factor
 
 TINY = {
@@ -150,3 +152,35 @@ def test_no_weight_decay_on_spectral_parameters():
     assert all(".kernel." not in names[id(p)] and p.ndim == 2 for p in decay["params"])
     assert any(".kernel.mu" in names[id(p)] for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+
+
+def test_epoch_budget_warmup_ratio_and_per_epoch_evaluation():
+    """train.epochs sets the run's length from the training split's size; eval_every 0
+    evaluates once per epoch; warmup_ratio makes the warmup a share of the run."""
+    cfg = with_overrides(
+        Config(),
+        {
+            **TINY,
+            "kernel.name": "prf",
+            "kernel.num_features": 8,
+            "train.batch_size": 16,
+            "train.max_steps": 1,  # ignored: the budget is in epochs
+            "train.epochs": 2.5,
+            "train.eval_every": 0,
+            "train.schedule": "linear",
+            "train.warmup_ratio": 0.5,
+        },
+    )
+    reports = []
+    fit(cfg, lambda m, s: reports.append(m))
+    rows = Split(prepare(cfg.task)["train"]).total_rows
+    per_epoch = rows // 16
+    total = math.ceil(2.5 * per_epoch)
+    assert [m["step"] for m in reports] == [per_epoch, 2 * per_epoch, total]
+    assert [m["epoch"] for m in reports] == [1.0, 2.0, total / per_epoch]
+    assert all(m["total_steps"] == total for m in reports)
+    resolved = cfg.train.resolve(per_epoch)
+    assert resolved.warmup == round(0.5 * total) and resolved.max_steps == total
+    # linear schedule: peak at the warmup, zero at the end of the resolved run
+    assert lr_factor(resolved, resolved.warmup - 1) == 1.0
+    assert lr_factor(resolved, total) == 0.0

@@ -92,10 +92,12 @@ def test_results_command_and_curves(smoke_study, tmp_path):
     }
 
 
-def test_rerun_resumes_and_keeps_finished_trials(smoke_study):
+def test_resume_verb_and_rerun_keep_finished_trials(smoke_study):
+    """`lk-study resume PATH` (no study file) and rerunning the same command both resume."""
     path, _ = smoke_study
     before = pd.read_parquet(path / "trials.parquet").set_index("trial_id")
-    out = cli(
+    resumed = cli("resume", str(path))
+    rerun = cli(
         "tune",
         "search_spaces/quickstart.yaml",
         "--smoke",
@@ -104,7 +106,8 @@ def test_rerun_resumes_and_keeps_finished_trials(smoke_study):
         "--set",
         "budget.num_samples=3",
     )
-    assert "Resuming study 'quickstart-smoke'" in out
+    for out in (resumed, rerun):
+        assert "Resuming study 'quickstart-smoke'" in out
     after = pd.read_parquet(path / "trials.parquet").set_index("trial_id")
     assert set(after.index) == set(before.index)
     assert (after.loc[before.index, "best.val_accuracy"] == before["best.val_accuracy"]).all()
@@ -173,3 +176,33 @@ def test_jobs_train_runs_one_training_without_tune(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Final metrics: " in proc.stdout and "step=20" in proc.stdout
     assert any((tmp_path / "quickstart-smoke-single").glob("checkpoint_*"))
+
+
+def test_pretrain_then_glue_job_chains_the_two_studies(tmp_path):
+    """jobs/pretrain_then_glue.py --smoke: MLM pre-training per kernel, then GLUE
+    fine-tuning whose trials start from the matching kernel's checkpoint and tokenizer."""
+    proc = subprocess.run(
+        [sys.executable, "jobs/pretrain_then_glue.py", "--smoke", "--storage", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "RAY_DEDUP_LOGS": "0"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    mlm = load_study(str(tmp_path / "wikitext_mlm-smoke")).trials
+    glue = load_study(str(tmp_path / "glue_grid-smoke")).trials
+    assert set(mlm["kernel.name"]) == {"softmax", "gmm_prf"}
+    assert (mlm["status"] == "TERMINATED").all()
+    assert len(glue) == 4 and (glue["status"] == "TERMINATED").all(), glue[["status", "error"]]
+    assert set(zip(glue["task.name"], glue["kernel.name"], strict=True)) == {
+        (t, k) for t in ("glue/rte", "glue/stsb") for k in ("softmax", "gmm_prf")
+    }
+    assert (glue["model.init_from"] == "study:wikitext_mlm-smoke").all()
+    assert glue["val_score"].notna().all() and (glue["epoch"] == 1.0).all()
+    # every fine-tuning run loaded the encoder of its kernel's pre-training trial
+    for kernel, trial in zip(mlm["kernel.name"], mlm["trial_id"], strict=True):
+        loaded = f"encoder tensors from {tmp_path}/wikitext_mlm-smoke/train_runs/train-{trial}"
+        # (Ray echoes worker output to both streams: count it in each)
+        assert max(proc.stdout.count(loaded), proc.stderr.count(loaded)) == 2, kernel
+    out = cli("results", str(tmp_path / "glue_grid-smoke"), "--table", "glue", timeout=120)
+    assert "RTE" in out and "STS-B" in out

@@ -6,6 +6,7 @@ Adding a kernel = one file + one line here; tests parametrise over ``KERNELS``.
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from lk_study.kernels.base import FeatureMap, RandomFeatureMap
 from lk_study.kernels.elu import ELU
@@ -61,6 +62,14 @@ def build_kernel(
     return cls(head_dim, num_heads, num_features, **family)
 
 
+def kernel_from_config(kernel: Any, head_dim: int, num_heads: int) -> FeatureMap:
+    """Build the kernel a ``KernelConfig`` (lk_study.config) describes: its name,
+    num_features and whichever family parameters the family takes. Constraints across keys
+    (e.g. GMM num_components <= num_features / 2) raise ValueError here."""
+    family = {p: getattr(kernel, p) for p in family_params(kernel.name) if hasattr(kernel, p)}
+    return build_kernel(kernel.name, head_dim, num_heads, kernel.num_features, **family)
+
+
 __all__ = [
     "KERNELS",
     "FeatureMap",
@@ -68,4 +77,5 @@ __all__ = [
     "build_kernel",
     "family_params",
     "kernel_class",
+    "kernel_from_config",
 ]

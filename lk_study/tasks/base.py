@@ -124,6 +124,7 @@ class Split:
 
     def __init__(self, path: Path, rank: int = 0, world_size: int = 1, max_len: int = 0) -> None:
         table = pq.read_table(path)
+        self.total_rows = table.num_rows  # all shards together
         rows = np.arange(rank, table.num_rows, world_size)
         table = table.take(pa.array(rows))
         self.max_len = max_len

@@ -2,7 +2,9 @@
 
 Data: ``nyu-mll/glue`` with the task's config name (``task.source: hub``), or a PATH to a
 DatasetDict saved by ``save_to_disk`` (PATH itself, or PATH/<task> so that one root holding
-every task serves a whole GLUE grid). Test splits (labels −1) are never used.
+every task serves a whole GLUE grid), or ``generate``: a small synthetic stand-in in the hub's
+schema with labels learnable from the text, for offline smoke runs and tests
+(``lk_study.tasks.synthetic_text``; not a benchmark). Test splits (labels −1) are never used.
 
     task   text columns            labels             head      metric (GLUE's)
     cola   sentence                2                  classify  Matthews correlation
@@ -86,14 +88,14 @@ SPECS: dict[str, Spec] = {
 class GlueConfig(TaskConfig):
     """The ``task:`` section of every GLUE task (each task's subclass sets ``name``)."""
 
-    source: str = "hub"  # hub | PATH to a DatasetDict (or PATH/<task>)
+    source: str = "hub"  # hub | generate | PATH to a DatasetDict (or PATH/<task>)
     tokenizer: str = ""  # tokenizer.json (the paper: the WikiText-103 one); "" = train here
     vocab_size: int = 0  # 0 = the tokenizer file's size, or 8000 when trained here
     max_len: int = 128  # tokens, [SEP] included, [CLS] not counted
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(bool(self.source), "source", "must be 'hub' or a path")
+        check(bool(self.source), "source", "must be 'hub', 'generate' or a path")
         check(
             self.vocab_size == 0 or self.vocab_size > NUM_SPECIAL,
             "vocab_size",
@@ -204,6 +206,13 @@ class Glue:
 
     def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
         return self.spec.metric(pred, label)
+
+    def score(self, results: dict[str, dict[str, float]]) -> float:
+        """GLUE's task score of one evaluation ({split: metrics}): the mean of the official
+        dev metrics of every eval split (MNLI: matched and mismatched accuracy), reported as
+        ``val_score`` so that one objective ranks a study over several GLUE tasks."""
+        values = [v for r in results.values() for k, v in r.items() if k != "loss"]
+        return float(np.mean(values))
 
     # --- data ---------------------------------------------------------------------------
 

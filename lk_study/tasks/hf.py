@@ -1,9 +1,12 @@
-"""Hugging Face ``datasets`` sources: ``task.source: hub`` or a PATH to a saved DatasetDict.
+"""Hugging Face ``datasets`` sources: ``task.source: hub``, ``generate`` or a PATH.
 
-    "hub"  -> datasets.load_dataset(repo, config_name)   (downloads; users with network)
-    PATH   -> datasets.load_from_disk(PATH), or PATH/<subdir> when PATH holds one folder per
-              task (e.g. every GLUE task saved under one root), each written by
-              ``DatasetDict.save_to_disk``
+    "hub"       -> datasets.load_dataset(repo, config_name)   (downloads; users with network)
+    "generate"  -> a small synthetic stand-in in the hub's schema, built in memory
+                   (``lk_study.tasks.synthetic_text``: WikiText-103 and GLUE; offline smoke
+                   runs and tests, not a benchmark)
+    PATH        -> datasets.load_from_disk(PATH), or PATH/<subdir> when PATH holds one folder
+                   per task (e.g. every GLUE task saved under one root), each written by
+                   ``DatasetDict.save_to_disk``
 
 ``datasets`` is imported on first use, never at import time of ``lk_study``.
 """
@@ -20,20 +23,28 @@ CHUNK = 10_000  # rows per Arrow slice when streaming a split
 
 def describe(source: str, repo: str, config_name: str | None) -> str:
     """How error messages name a source: the hub dataset or the folder."""
+    name = repo + (f" ({config_name})" if config_name else "")
     if source == "hub":
-        return f"hub dataset {repo}" + (f" ({config_name})" if config_name else "")
+        return f"hub dataset {name}"
+    if source == "generate":
+        return f"synthetic stand-in for {name}"
     return str(source)
 
 
 def load_splits(
     source: str, repo: str, config_name: str | None, splits: Sequence[str], subdir: str = ""
 ) -> dict:
-    """{split: datasets.Dataset} for ``splits`` from the hub or a saved DatasetDict."""
+    """{split: datasets.Dataset} for ``splits`` from the hub, the generator or a saved
+    DatasetDict."""
     import datasets
 
     what = describe(source, repo, config_name)
     if source == "hub":
         data = datasets.load_dataset(repo, config_name)
+    elif source == "generate":
+        from lk_study.tasks import synthetic_text
+
+        data = synthetic_text.load(repo, config_name)
     else:
         root = Path(source).expanduser()
         candidates = [root / subdir, root] if subdir else [root]

@@ -1,7 +1,9 @@
 """WikiText-103 masked-LM pre-training (the paper's GLUE setting), BERT-style.
 
 Data: ``Salesforce/wikitext`` / ``wikitext-103-raw-v1`` (train and validation, one ``text``
-row per line of the articles), or a DatasetDict with those splits saved by ``save_to_disk``.
+row per line of the articles), or a DatasetDict with those splits saved by ``save_to_disk``,
+or (``source: generate``) a small synthetic corpus in the same layout for offline smoke runs
+and tests (``lk_study.tasks.synthetic_text``; not a benchmark).
 
 Preparation (once per machine, cached as Parquet):
 
@@ -55,7 +57,7 @@ MAX_VALUES = 2**31 - 1  # list<int32> offsets
 @dataclass(frozen=True)
 class WikiTextConfig(TaskConfig):
     name: str = "wikitext103_mlm"
-    source: str = "hub"  # hub | PATH to a DatasetDict (train, validation; column "text")
+    source: str = "hub"  # hub | generate | PATH to a DatasetDict (train, validation; "text")
     vocab_size: int = 30522  # WordPiece ids, special tokens included (BERT's size)
     lowercase: bool = True  # BERT-uncased normalisation
     max_len: int = 128  # tokens per packed sequence ([CLS] not counted)
@@ -65,7 +67,7 @@ class WikiTextConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(bool(self.source), "source", "must be 'hub' or a path")
+        check(bool(self.source), "source", "must be 'hub', 'generate' or a path")
         check(self.vocab_size > NUM_SPECIAL, "vocab_size", f"must be > {NUM_SPECIAL}")
         check(self.max_len >= 2, "max_len", "must be >= 2")
         check(0.0 < self.mask_prob < 1.0, "mask_prob", "must be in (0, 1)")
@@ -137,6 +139,11 @@ class WikiText103MLM:
     @staticmethod
     def _where(cfg: WikiTextConfig) -> str:
         return f"{cfg.name}: {hf.describe(cfg.source, *HUB)}"
+
+    def artifacts(self, cfg: WikiTextConfig) -> dict[str, Path]:
+        """Files every checkpoint carries: the tokenizer, so that fine-tuning runs
+        (``task.tokenizer: study:NAME``) read the pre-training vocabulary from the checkpoint."""
+        return {"tokenizer.json": self.tokenizer_path(cfg)}
 
     def tokenizer_path(self, cfg: WikiTextConfig, data: dict | None = None) -> Path:
         """tokenizer.json trained on the training text (built once, cached, under a lock)."""

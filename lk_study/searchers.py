@@ -1,0 +1,121 @@
+"""A grid crossed with Optuna, and where the Optuna studies live.
+
+A study file with ``searcher: optuna`` and ``{grid: [...]}`` dimensions (or ``seeds:`` /
+``variants:``) runs, at every grid point (``Study.points()``: grid lists x variants x seeds),
+its own Optuna TPE study over the remaining dimensions (``Study.optuna_space(point)``) for
+``Study.trials_at(point)`` trials; ``GridOptunaSearch`` is that one Tune searcher over all of
+them. A study without grid points has one point, ``{}``, and so one TPE study.
+
+    trial config = {**point, **its TPE study's suggestion}  # flat dotted keys, e.g. train.lr
+
+Trials go out round robin (the point with the fewest trials so far next), so every point has
+results early and each TPE study has seen its earlier trials end before it is asked again.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.search import Searcher
+
+SQLITE = "sqlite:///"
+MAX_STUDY_NAME = 512  # Optuna's RDB column
+
+
+class GridOptunaSearch(Searcher):
+    """One searcher per grid point, ``num_samples[i]`` trials from ``searchers[i]`` (in
+    practice an ``OptunaSearch`` with its own TPE study), each trial's config the point's
+    values plus the searcher's suggestion. ``FINISHED`` once every point has its trials.
+
+    Results and completions go to the searcher that suggested the trial. ``save`` pickles the
+    whole state (the sub-searchers with their Optuna studies, the counts, which trial belongs
+    to which point), so ``Tuner.restore`` carries on where the study stopped."""
+
+    def __init__(
+        self,
+        points: Sequence[dict[str, Any]],
+        searchers: Sequence[Searcher],
+        num_samples: Sequence[int],
+        metric: str,
+        mode: str,
+    ) -> None:
+        if not len(points) == len(searchers) == len(num_samples):
+            raise ValueError(
+                f"{len(points)} points, {len(searchers)} searchers and {len(num_samples)} "
+                "sample counts: give one of each per grid point"
+            )
+        super().__init__(metric=metric, mode=mode)
+        self.points = [dict(p) for p in points]
+        self.searchers = list(searchers)
+        self.num_samples = list(num_samples)
+        self.suggested = [0] * len(points)  # trials handed out, per point
+        self.owner: dict[str, int] = {}  # trial_id -> point index
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        open_points = [i for i, n in enumerate(self.num_samples) if self.suggested[i] < n]
+        if not open_points:
+            return Searcher.FINISHED
+        i = min(open_points, key=lambda j: (self.suggested[j], j))
+        params = self.searchers[i].suggest(trial_id)
+        if params is None:  # that searcher waits for results
+            return None
+        if params == Searcher.FINISHED:  # it has nothing more: the point is done
+            self.num_samples[i] = self.suggested[i]
+            return self.suggest(trial_id)
+        self.suggested[i] += 1
+        self.owner[trial_id] = i
+        return {**self.points[i], **params}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.owner:
+            self.searchers[self.owner[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self.owner:
+            self.searchers[self.owner[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__.copy(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+def study_names(name: str, points: Sequence[dict[str, Any]]) -> list[str]:
+    """The Optuna study name of each grid point: the study's name, then for a real grid the
+    point's index and values (what optuna-dashboard lists)."""
+    if list(points) == [{}]:
+        return [name]
+    return [
+        f"{name} [{i}] {' '.join(f'{k}={v}' for k, v in pt.items())}"[:MAX_STUDY_NAME]
+        for i, pt in enumerate(points)
+    ]
+
+
+def storage_url(url: str) -> str:
+    """``url`` with a relative SQLite path made absolute against the current directory
+    (``sqlite:///optuna.db`` -> ``sqlite:////home/me/optuna.db``); other URLs unchanged."""
+    path = url.removeprefix(SQLITE)
+    if url.startswith(SQLITE) and path and not path.startswith((":memory:", "/")):
+        return SQLITE + os.path.abspath(path)
+    return url
+
+
+def optuna_storage(url: str) -> optuna.storages.RDBStorage | None:
+    """The Optuna storage at ``url`` (None: in memory); an SQLite file's folder is created."""
+    if not url:
+        return None
+    url = storage_url(url)
+    path = url.removeprefix(SQLITE).partition("?")[0]
+    if url.startswith(SQLITE) and path.startswith("/"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(url)
