@@ -199,7 +199,8 @@ class Budget:
 
 @dataclass(frozen=True)
 class Scheduler:
-    """Early stopping on the training step counter (``time_attr`` = step)."""
+    """Early stopping (ASHA) on our own counter: ``step``, or ``epoch`` when the study
+    budgets in epochs (``train.epochs``); see lk_study.tune.asha_budget."""
 
     name: str = "asha"  # asha | none
     grace_period: int = 100  # steps (epochs if the study budgets in epochs) before a stop

@@ -2,7 +2,7 @@
 
 - ``ray job submit`` to a ``ray start --head`` cluster started here;
 - a two-node ``ray.cluster_utils.Cluster``: one trial, two data-parallel workers;
-- SIGKILL of the driver mid-study, then the same command resumes it.
+- SIGKILL of the driver mid-study, then the same command with --resume continues it.
 """
 
 import json
@@ -165,7 +165,8 @@ def test_sigkill_of_the_driver_then_resume_keeps_finished_trials(tmp_path):
     assert finished is not None, f"no trial finished before the deadline; driver log:\n{tail}"
     assert not (exp / "trials.parquet").exists()  # the study really was interrupted
 
-    out = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=600)
+    resume = [*cmd, "--resume"]  # insists on resuming: fails if the kill lost the experiment
+    out = subprocess.run(resume, env=clean_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Resuming study 'crash'" in out.stdout
     res = load_study(str(exp))
