@@ -3,7 +3,11 @@
     hidden states (B, T+1, D) --drop row 0 ([CLS])--> h (B, T, D)
     --gather the N target positions (label ≠ IGNORE)--> (N, D)
     --transform: Linear(D, D) -> GELU -> LayerNorm--> (N, D)
-    --decoder tied to the input embedding E (V, D): logits = h Eᵀ + b--> (N, V)
+    --decoder tied to the input embedding E (V, D): logits = (h / √D) Eᵀ + b--> (N, V)
+
+The 1/√D (T5's rescaling for tied embeddings) keeps the initial logits O(1): E is N(0, 1)
+per entry (nn.Embedding's init, which the encoder's inputs rely on), so h Eᵀ alone would have
+standard deviation √D (≈ 23 at D = 512) and an initial loss far above ln V.
 
 The decoder runs only where there is a target, as in Google's BERT (``gather_indexes``):
 with V ≈ 30K the (B, T, V) logits would dominate compute and memory, and evaluation (which
@@ -45,7 +49,8 @@ class MaskedLM(nn.Module):
         label = batch.get("label")
         if label is not None:
             h = h[label != IGNORE]  # (N, D), row-major order of the targets
-        return F.linear(self.transform(h), self.encoder.embed.weight, self.bias)  # (..., V)
+        h = self.transform(h) * self.bias.new_tensor(h.shape[-1] ** -0.5)
+        return F.linear(h, self.encoder.embed.weight, self.bias)  # (..., V)
 
     @staticmethod
     def _targets(label: Tensor) -> Tensor:
