@@ -146,3 +146,11 @@ def test_asha_counts_epochs_when_the_budget_is_in_epochs():
     data["config"]["train"]["epochs"] = 2
     data["search"] = {"train.epochs": {"choice": [1, 3]}}
     assert asha_budget(study_from_dict(data)) == ("epoch", 3)
+
+
+def test_dry_run_of_the_glue_grid_names_its_references(capsys):
+    assert main(["tune", "search_spaces/glue_grid.yaml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "glue_grid' from search_spaces/glue_grid.yaml: 1134 trials (searcher grid)" in out
+    assert "model.init_from: study:wikitext_mlm (the matching trial's checkpoint" in out
+    assert "train.epochs: grid [2.0, 3.0, 4.0]" in out
