@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from lk_study.bench import AttentionBench, bench_attention, format_ratios, write_csv
-from lk_study.config import ConfigError, flatten, load_study, parse_value
+from lk_study.config import ConfigError, flatten, load_study, parse_value, study_refs
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -60,9 +60,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             )
         if study.optuna.storage:
             print(f"  optuna storage: {study.optuna.storage} (optuna-dashboard reads it)")
-        refs = {k: v for k, v in flatten(study.config).items() if str(v).startswith("study:")}
-        for key, ref in refs.items():
-            print(f"  {key}: {ref} (the matching trial's checkpoint, found when the study starts)")
+        for key, name in study_refs(flatten(study.config)).items():
+            print(f"  {key}: study:{name} (the matching trial's checkpoint, found at start)")
         return 0
     from lk_study.tune import run_study  # imports Ray: only when a study really runs
 

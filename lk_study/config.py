@@ -485,6 +485,19 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+FILE_KEYS = ("model.init_from", "task.tokenizer")  # config keys naming files a run reads
+STUDY_REF = "study:"  # a FILE_KEYS value "study:NAME": from study NAME (tune.resolve_refs)
+
+
+def study_refs(flat: Mapping[str, Any]) -> dict[str, str]:
+    """{key: NAME} for the ``FILE_KEYS`` of dotted config ``flat`` set to ``study:NAME``."""
+    return {
+        k: flat[k].removeprefix(STUDY_REF)
+        for k in FILE_KEYS
+        if isinstance(flat.get(k), str) and flat[k].startswith(STUDY_REF)
+    }
+
+
 def siblings(a: str, b: str) -> bool:
     """Tasks whose config sections have the same fields and defaults apart from the name."""
 

@@ -25,7 +25,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lk_study.config import Config, TrainConfig, config_from_dict, flatten, to_dict, with_overrides
+from lk_study.config import (
+    FILE_KEYS,
+    Config,
+    TrainConfig,
+    config_from_dict,
+    flatten,
+    to_dict,
+    with_overrides,
+)
 from lk_study.kernels import kernel_from_config
 from lk_study.models import Classifier, DualClassifier, Encoder, Regressor
 from lk_study.models.mlm import MaskedLM, load_encoder
@@ -336,17 +344,15 @@ def inject_failure(step: int) -> None:
 
 # ---------------------------------------------------------------------------- Ray Train
 
-LOCAL_FILES = ("model.init_from", "task.tokenizer")  # config keys naming files to read
-
 
 def localise(cfg: Config) -> Config:
-    """``cfg`` with the files it reads (``LOCAL_FILES``) copied to this node when they are
+    """``cfg`` with the files it reads (``FILE_KEYS``) copied to this node when they are
     s3:// / gs:// URIs (a checkpoint folder, or a file); local paths are kept."""
     import pyarrow.fs as pafs
 
     flat = flatten(cfg)
     local = {}
-    for key in LOCAL_FILES:
+    for key in FILE_KEYS:
         uri = flat.get(key)
         if not (isinstance(uri, str) and "://" in uri):
             continue

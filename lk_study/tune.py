@@ -33,6 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from lk_study import analysis
 from lk_study.config import (
+    STUDY_REF,
     Config,
     ConfigError,
     Objective,
@@ -42,11 +43,12 @@ from lk_study.config import (
     config_from_dict,
     flatten,
     nest,
+    study_refs,
     to_dict,
     with_overrides,
 )
 from lk_study.searchers import GridOptunaSearch, optuna_storage, storage_url, study_names
-from lk_study.train import LOCAL_FILES, train_loop_per_worker
+from lk_study.train import train_loop_per_worker
 
 DRIVER_CPU = 0.1
 POINT = "point"  # grid/random: each trial's parameters, one explicit dict per trial
@@ -115,9 +117,6 @@ def trial_driver(params: dict, base: dict, train_storage: str, root: str) -> Non
     trainer.fit()  # a worker's exception (e.g. a NaN loss) fails this trial, not the study
 
 
-STUDY_REF = "study:"  # model.init_from / task.tokenizer: "study:NAME" (see resolve_refs)
-
-
 def resolve_refs(cfg: Config, root: str, studies: dict | None = None) -> Config:
     """``cfg`` with ``study:NAME`` values of ``model.init_from`` / ``task.tokenizer``
     replaced by the checkpoint (its ``tokenizer.json``) of the trial of study NAME, in the
@@ -126,11 +125,7 @@ def resolve_refs(cfg: Config, root: str, studies: dict | None = None) -> Config:
     chains pre-training and fine-tuning studies (jobs/pretrain_then_glue.py). ``studies``
     caches loaded studies between calls. A ConfigError says what is missing."""
     flat = flatten(cfg)
-    refs = {
-        k: flat[k].removeprefix(STUDY_REF)
-        for k in LOCAL_FILES
-        if isinstance(flat.get(k), str) and flat[k].startswith(STUDY_REF)
-    }
+    refs = study_refs(flat)
     studies = {} if studies is None else studies
     resolved = {}
     for key, name in refs.items():
@@ -162,12 +157,10 @@ def resolve_refs(cfg: Config, root: str, studies: dict | None = None) -> Config:
 
 def check_refs(study: Study, root: str) -> None:
     """Preflight: every trial's ``study:NAME`` references resolve (before Ray starts)."""
-    if not any(str(v).startswith(STUDY_REF) for v in flatten(study.config).values()) and not any(
-        str(v).startswith(STUDY_REF) for p in study.variants for v in p.values()
-    ):
+    if not study_refs(flatten(study.config)) and not any(map(study_refs, study.variants)):
         return
     studies: dict = {}
-    for point in study.points() or [{}]:
+    for point in study.points():
         resolve_refs(with_overrides(study.config, point), root, studies)
 
 

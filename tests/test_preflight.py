@@ -152,5 +152,6 @@ def test_dry_run_of_the_glue_grid_names_its_references(capsys):
     assert main(["tune", "search_spaces/glue_grid.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "glue_grid' from search_spaces/glue_grid.yaml: 1134 trials (searcher grid)" in out
-    assert "model.init_from: study:wikitext_mlm (the matching trial's checkpoint" in out
+    ref = "model.init_from: study:wikitext_mlm (the matching trial's checkpoint, found at start)"
+    assert ref in out
     assert "train.epochs: grid [2.0, 3.0, 4.0]" in out
