@@ -23,6 +23,10 @@ from typing import Any
 import yaml
 
 from lk_study.kernels import KERNELS, kernel_from_config
+from lk_study.kernels.base import DEN_FLOOR, INITS
+from lk_study.kernels.fastfood import FASTFOOD_PRF_FORMS
+from lk_study.kernels.generator import BOUNDS
+from lk_study.kernels.gmm import COVARIANCES
 from lk_study.tasks import TASKS, TaskConfig
 from lk_study.tasks.base import FieldError as _FieldError
 from lk_study.tasks.base import check as _check
@@ -58,13 +62,21 @@ class ModelConfig:
 @dataclass(frozen=True)
 class KernelConfig:
     """The attention kernel (lk_study.kernels.KERNELS). Family parameters apply where the
-    family takes them (``lk-study kernels`` lists which)."""
+    family takes them (``lk-study kernels`` lists which). Every key where lk_study differs from
+    the authors' code has the authors' value one setting away (README, "Deviations")."""
 
     name: str = "prf"
     num_features: int = 64  # M per head; ignored by softmax
     num_components: int = 1  # GMM families
-    covariance: str = "diag"  # GMM families: diag | full
+    covariance: str = "diag"  # GMM families: diag | full (the authors' GMM-RKS: full)
     hidden_dim: int = 64  # generator families: width of the MLP g_θ
+    orthogonal: bool = True  # Gaussian-noise families: orthogonal blocks (False: i.i.d.)
+    init: str = "rbf"  # learned families: start at the RBF kernel | authors (their init)
+    smoothing: float = 0.0  # signed (rks) families: constant feature s, kernel + s² (authors 1)
+    den_floor: float = DEN_FLOOR  # signed families: normaliser floor c, |out| <= max|v| / c
+    form: str = "softmax"  # fastfood_prf: softmax (Performer's) | rbf (the authors' one-sided)
+    bound: str = "none"  # generator families: none | tanh (the authors' bounded output)
+    scale_inputs: bool = False  # elu: elu(x/d^¼)+1 instead of elu(x)+1
     redraw: int = 0  # redraw random features every N training steps (1 = every step); 0 = never
     eval_draws: int = 0  # 0: evaluate with the current training draw; n: mean over n fixed draws
 
@@ -76,10 +88,21 @@ class KernelConfig:
         )
         _check(self.num_features >= 1, "num_features", "must be >= 1")
         _check(self.num_components >= 1, "num_components", "must be >= 1")
-        _check(self.covariance in ("diag", "full"), "covariance", "must be diag or full")
+        for key, valid in CHOICES.items():
+            _check(getattr(self, key) in valid, key, f"must be one of {', '.join(valid)}")
         _check(self.hidden_dim >= 1, "hidden_dim", "must be >= 1")
+        _check(math.isfinite(self.smoothing) and self.smoothing >= 0, "smoothing", "must be >= 0")
+        _check(0.0 <= self.den_floor <= 1.0, "den_floor", "must be in [0, 1]")
         _check(self.redraw >= 0, "redraw", "must be >= 0 (0 = never)")
         _check(self.eval_draws >= 0, "eval_draws", "must be >= 0 (0 = the training draw)")
+
+
+CHOICES = {
+    "covariance": COVARIANCES,
+    "init": INITS,
+    "form": tuple(FASTFOOD_PRF_FORMS),
+    "bound": BOUNDS,
+}
 
 
 SCHEDULES = ("rsqrt", "linear", "constant")

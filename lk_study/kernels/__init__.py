@@ -64,9 +64,17 @@ def build_kernel(
 
 def kernel_from_config(kernel: Any, head_dim: int, num_heads: int) -> FeatureMap:
     """Build the kernel a ``KernelConfig`` (lk_study.config) describes: its name,
-    num_features and whichever family parameters the family takes. Constraints across keys
-    (e.g. GMM num_components <= num_features / 2) raise ValueError here."""
-    family = {p: getattr(kernel, p) for p in family_params(kernel.name) if hasattr(kernel, p)}
+    num_features and every family parameter the family takes, each a ``KernelConfig`` field of
+    the same name (a family parameter the config lacks is an error, never dropped).
+    Constraints across keys (e.g. GMM num_components <= num_features / 2) raise ValueError."""
+    params = family_params(kernel.name)
+    missing = [p for p in params if not hasattr(kernel, p)]
+    if missing:
+        raise ValueError(
+            f"kernel {kernel.name!r} takes {', '.join(missing)}, which the kernel config "
+            f"({type(kernel).__name__}) has no key for; add the field to KernelConfig"
+        )
+    family = {p: getattr(kernel, p) for p in params}
     return build_kernel(kernel.name, head_dim, num_heads, kernel.num_features, **family)
 
 

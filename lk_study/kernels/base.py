@@ -11,7 +11,7 @@ function is applied*:
   ω_j (H, m, d) and quadrature weights w_j ≥ 0 with Σ_j w_j = 1 (``frequencies``);
 - a component turns the projections ω_j·x' into features:
   ``Positive`` (PRF):  φ_j(x) = √w_j exp(ω_j·x' − c‖x'‖²)           (estimates E[exp(ω·z)]...)
-  ``Trig``     (RKS):  φ(x) = [√w_j cos(ω_j·x'), √w_j sin(ω_j·x')]  (estimates E[cos(ω·δ)])
+  ``Trig``     (RKS):  φ(x) = [√w_j cos(ω_j·x'), √w_j sin(ω_j·x'), s]  (estimates E[cos(ω·δ)] + s²)
 
 with z = x' + y' and δ = x' − y'. The noise is drawn only by ``resample(generator)``; the forward
 pass never touches an RNG, so queries and keys always share one draw and evaluation is
@@ -25,18 +25,31 @@ import math
 import torch
 from torch import Tensor, nn
 
+INITS = ("rbf", "authors")  # learned families: start at the RBF kernel, or as the authors' code
+DEN_FLOOR = 0.1  # default c of the signed maps' normaliser floor: |out| <= max|v| / c
+
+
+def check_choice(name: str, value: object, valid: tuple) -> None:
+    """ValueError naming the valid choices unless ``value`` is one of them."""
+    if value not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, valid))}; got {value!r}")
+
 
 class FeatureMap(nn.Module):
     """Base class of every registry entry.
 
     Attributes:
-        num_features: M, the width of φ per head (0 for ``softmax``, which has no φ).
+        num_features: M, the number of features per head (0 for ``softmax``, which has no φ).
+            φ has M columns, plus one constant column for a signed map with ``smoothing`` > 0.
         exact_attention: True if ``kernel_attention`` must use exact softmax (SDPA).
-        positive: True if φ ≥ 0 and ``log_features`` exists (used for log-space stabilisation).
+        positive: True if φ > 0 and ``log_features`` exists (attention is then computed in log
+            space and is an exact convex combination of the values, lk_study.attention).
+        den_floor: c of the signed maps' normaliser floor (lk_study.attention); 0 for others.
     """
 
     exact_attention = False
     positive = False
+    den_floor = 0.0
     math = ""  # one line: the feature map and the kernel it estimates
 
     def __init__(self, head_dim: int, num_heads: int, num_features: int) -> None:
@@ -139,20 +152,35 @@ class Positive:
 
 
 class Trig:
-    """Trigonometric component (random kitchen sinks): φ = [√w_j cos(ω_j·x'), √w_j sin(ω_j·x')].
+    """Trigonometric component (random kitchen sinks): φ = [√w_j cos(ω_j·x'), √w_j sin(ω_j·x')],
+    followed by the constant smoothing feature s when ``smoothing`` = s > 0 (the authors' code).
 
-    φ(x)·φ(y) = Σ_j w_j cos(ω_j·δ): signed, so attention must guard its normaliser.
+    φ(x)·φ(y) = Σ_j w_j cos(ω_j·δ) + s²: signed when s < 1, so attention floors its
+    normaliser at c·‖φ(q)‖·Σ_s‖φ(k_s)‖ with c = ``floor`` (lk_study.attention). Since
+    Σ_j w_j = 1, ‖φ(x)‖² = 1 + s² for every x.
     """
 
     positive = False
     per_frequency = 2
 
+    def __init__(self, smoothing: float = 0.0, floor: float = 0.0) -> None:
+        if not (math.isfinite(smoothing) and smoothing >= 0):
+            raise ValueError(f"smoothing must be a finite number >= 0, got {smoothing}")
+        if not (math.isfinite(floor) and 0 <= floor <= 1):
+            raise ValueError(f"den_floor must be in [0, 1], got {floor}")
+        self.smoothing = float(smoothing)
+        self.floor = float(floor)
+
     def features(self, proj: Tensor, sq_norm: Tensor, log_w: Tensor) -> Tensor:
         w = (0.5 * log_w).exp()[:, None, :]  # (H, 1, m)
-        return torch.cat([w * torch.cos(proj), w * torch.sin(proj)], dim=-1)
+        parts = [w * torch.cos(proj), w * torch.sin(proj)]
+        if self.smoothing:
+            parts.append(proj.new_full((*proj.shape[:-1], 1), self.smoothing))
+        return torch.cat(parts, dim=-1)
 
     def exact(self, log_pi: Tensor, mu: Tensor, cov: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        return gaussian_mixture_kernel(log_pi, mu, cov, x, y, positive=False)
+        k = gaussian_mixture_kernel(log_pi, mu, cov, x, y, positive=False)
+        return k + self.smoothing**2
 
 
 class RandomFeatureMap(FeatureMap):
@@ -173,6 +201,7 @@ class RandomFeatureMap(FeatureMap):
         self.component = component
         self.num_frequencies = num_features // component.per_frequency
         self.positive = component.positive
+        self.den_floor = 0.0 if component.positive else component.floor
 
     def frequencies(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -200,9 +229,10 @@ def sampled_kernel(
 
     Args:
         x (B, H, T, d), y (B, H, S, d) already scaled to x', y'; omega (H, m, d); log_w (H, m).
-    Returns (B, H, T, S). Positive components are evaluated in log space with per-row shifts,
-    so the result is exact up to rounding unless the kernel itself over- or underflows. Families
-    without a closed form average this over a large fixed sample of their random parts.
+    Returns (B, H, T, S), without a Trig component's smoothing term s². Positive components
+    are evaluated in log space with per-row shifts, so the result is exact up to rounding
+    unless the kernel itself over- or underflows. Families without a closed form average this
+    over a large fixed sample of their random parts.
     """
     proj_x = torch.einsum("bhtd,hmd->bhtm", x, omega)
     proj_y = torch.einsum("bhsd,hmd->bhsm", y, omega)
@@ -213,6 +243,7 @@ def sampled_kernel(
         shift_x, shift_y = log_x.amax(-1, keepdim=True), log_y.amax(-1, keepdim=True)
         k = (log_x - shift_x).exp() @ (log_y - shift_y).exp().transpose(-2, -1)
         return k * (shift_x + shift_y.transpose(-2, -1)).exp()
-    phi_x = component.features(proj_x, sq_x, log_w)
-    phi_y = component.features(proj_y, sq_y, log_w)
+    width = 2 * omega.shape[1]  # the random features; the smoothing term s² is the caller's
+    phi_x = component.features(proj_x, sq_x, log_w)[..., :width]
+    phi_y = component.features(proj_y, sq_y, log_w)[..., :width]
     return phi_x @ phi_y.transpose(-2, -1)

@@ -17,7 +17,9 @@ Every row of n^-½ H G Π H B has norm ‖G‖, so S gives each row the length o
 vector, and its direction is close to uniform: at initialisation the blocks behave like Gaussian
 frequencies, fastfood_rks starts at ≈ exp(−‖δ‖²/2) (RBF) and fastfood_prf at ≈ exp(x'·y').
 The initial S, G, B come from a fixed-seed generator (no global RNG), so every layer starts
-from the same values; their permutation draws differ (``resample``).
+from the same values; their permutation draws differ (``resample``). ``init="authors"``
+starts as the authors' code does instead: S, G, B ~ N(0, 1/n), so rows have norm ≈ n^-½·…
+(E‖w‖²/d ≈ 6e-6 at d = 64) and the kernel is almost constant (uniform attention) at first.
 The m frequencies W (H, m, d) are the first m rows of ceil(m / n) stacked blocks, restricted to
 the first d columns (the padding columns only ever meet zeros). With m = M/2:
 
@@ -25,6 +27,13 @@ the first d columns (the padding columns only ever meet zeros). With m = M/2:
                   k(x, y) = E_Π[(1/m) Σ_j cos(w_j·δ)]
     fastfood_prf: φ(x) = √(1/M) [exp(Wx' − ‖x'‖²/2), exp(−Wx' − ‖x'‖²/2)]    (B, H, T, M)
                   k(x, y) = E_Π[(1/m) Σ_j cosh(w_j·z)] e^(−‖x'‖²/2 − ‖y'‖²/2)
+                  (``form="softmax"``, Performer's form: exp(x'·y') at init), or with m = M
+                  φ(x) = √(1/M) exp(Wx' − ‖x'‖²)                            (B, H, T, M)
+                  k(x, y) = E_Π[(1/m) Σ_j exp(w_j·z)] e^(−‖x'‖² − ‖y'‖²)
+                  (``form="rbf"``, the authors' one-sided form: exp(−‖δ‖²/2) at init)
+
+fastfood_rks also takes the authors' smoothing feature s (``smoothing``, k + s²) and the
+normaliser floor ``den_floor`` (lk_study.attention).
 
 Once S, G, B are learned, E_Π has no closed form: ``exact_kernel`` is the mean of the
 finite-draw kernel over P = max(EXACT_MIN_DRAWS, ⌈EXACT_FREQUENCIES / m⌉) permutation draws
@@ -46,7 +55,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lk_study.kernels.base import Positive, RandomFeatureMap, Trig, sampled_kernel
+from lk_study.kernels.base import (
+    DEN_FLOOR,
+    INITS,
+    Positive,
+    RandomFeatureMap,
+    Trig,
+    check_choice,
+    sampled_kernel,
+)
 
 EXACT_FREQUENCIES = 1 << 15  # exact_kernel averages over at least this many frequencies...
 EXACT_MIN_DRAWS = 16  # ...and at least this many permutation draws
@@ -95,19 +112,31 @@ class FastFoodFeatures(RandomFeatureMap):
     """Frequencies from stacked FastFood blocks with learned S, G, B, through ``component``."""
 
     def __init__(
-        self, head_dim: int, num_heads: int, num_features: int, component: Positive | Trig
+        self,
+        head_dim: int,
+        num_heads: int,
+        num_features: int,
+        component: Positive | Trig,
+        init: str = "rbf",
     ) -> None:
         super().__init__(head_dim, num_heads, num_features, component)
+        check_choice("init", init, INITS)
+        self.init = init
         n = 1 << (head_dim - 1).bit_length()  # next power of two >= d
         self.padded_dim = n
         self.num_blocks = math.ceil(self.num_frequencies / n)
         shape = (num_heads, self.num_blocks, n)
         g = torch.Generator().manual_seed(0)
-        gauss = torch.randn(shape, generator=g)
-        chi = torch.randn(*shape, n, generator=g).norm(dim=-1)  # χ_n row lengths
-        self.signs = nn.Parameter(torch.randint(0, 2, shape, generator=g) * 2.0 - 1.0)
+        if init == "authors":  # S, G, B ~ N(0, 1/n)
+            signs, gauss, row_scale = (torch.randn(shape, generator=g) * n**-0.5 for _ in "SGB")
+        else:
+            gauss = torch.randn(shape, generator=g)
+            chi = torch.randn(*shape, n, generator=g).norm(dim=-1)  # χ_n row lengths
+            signs = torch.randint(0, 2, shape, generator=g) * 2.0 - 1.0
+            row_scale = chi / gauss.norm(dim=-1, keepdim=True)
+        self.signs = nn.Parameter(signs)
         self.gauss = nn.Parameter(gauss)
-        self.row_scale = nn.Parameter(chi / gauss.norm(dim=-1, keepdim=True))
+        self.row_scale = nn.Parameter(row_scale)
         self.register_buffer("perm", torch.zeros(shape, dtype=torch.long))
         self.resample(g)
 
@@ -159,21 +188,47 @@ class FastFoodFeatures(RandomFeatureMap):
             omega = self.frequencies_for(self.draw_permutations(gen, draws)).to(xs.dtype)
             log_w = torch.full(omega.shape[:2], -math.log(m * total), device=xs.device)
             k = k + sampled_kernel(self.component, xs, ys, omega, log_w.to(xs.dtype))
-        return k
+        return k + (0.0 if self.positive else self.component.smoothing**2)
 
 
 class FastFoodRKS(FastFoodFeatures):
-    math = "φ = √(2/M)[cos(Wx'), sin(Wx')], W = FastFood n^-½SHGΠHB, S,G,B learned -> E_Π[cos(w·δ)]"
+    math = (
+        "φ = √(2/M)[cos(Wx'), sin(Wx') (, s)], W = FastFood n^-½SHGΠHB, S,G,B learned "
+        "-> E_Π[cos(w·δ)] + s²"
+    )
 
-    def __init__(self, head_dim: int, num_heads: int, num_features: int = 256) -> None:
-        super().__init__(head_dim, num_heads, num_features, Trig())
+    def __init__(
+        self,
+        head_dim: int,
+        num_heads: int,
+        num_features: int = 256,
+        init: str = "rbf",
+        smoothing: float = 0.0,
+        den_floor: float = DEN_FLOOR,
+    ) -> None:
+        super().__init__(head_dim, num_heads, num_features, Trig(smoothing, den_floor), init)
+
+
+FASTFOOD_PRF_FORMS = {  # form -> the positive component
+    "softmax": Positive(0.5, antithetic=True),  # Performer's: exp(x'·y') at init
+    "rbf": Positive(1.0, antithetic=False),  # the authors': exp(−‖δ‖²/2) at init
+}
 
 
 class FastFoodPRF(FastFoodFeatures):
     math = (
-        "φ = √(1/M)[exp(±Wx'−‖x'‖²/2)], W = FastFood n^-½SHGΠHB, S,G,B learned "
-        "-> E_Π[cosh(w·z)] e^(−‖x'‖²/2−‖y'‖²/2)"
+        "φ = √(1/M)[exp(±Wx'−‖x'‖²/2)] (form rbf: exp(Wx'−‖x'‖²)), W = FastFood n^-½SHGΠHB, "
+        "S,G,B learned -> E_Π[cosh(w·z)] e^(−‖x'‖²/2−‖y'‖²/2)"
     )
 
-    def __init__(self, head_dim: int, num_heads: int, num_features: int = 256) -> None:
-        super().__init__(head_dim, num_heads, num_features, Positive(0.5, antithetic=True))
+    def __init__(
+        self,
+        head_dim: int,
+        num_heads: int,
+        num_features: int = 256,
+        init: str = "rbf",
+        form: str = "softmax",
+    ) -> None:
+        check_choice("form", form, tuple(FASTFOOD_PRF_FORMS))
+        super().__init__(head_dim, num_heads, num_features, FASTFOOD_PRF_FORMS[form], init)
+        self.form = form

@@ -15,6 +15,14 @@ reach W₁ and b₁ from the first step.
     generator_prf: φ(x) = √(1/M) exp(ωx' − ‖x'‖²),      m = M             (B, H, T, M)
                    k(x, y) = E_ε[exp(g_θ(ε)·z)] e^(−‖x'‖² − ‖y'‖²)
 
+``init="authors"`` and ``bound="tanh"`` give the authors' generator instead: a plain MLP
+ω = tanh(W₂ σ(W₁ε + b₁) + b₂) with xavier-uniform W₁, W₂ and zero biases, so ω ∈ (−1, 1)^d
+(a bounded spectral support) and E‖ω‖²/d ≈ 0.35 at init (their code measures 0.352). Their
+batch normalisation is left out on purpose: it couples the noise samples and differs between
+training and evaluation. Either switch can be used alone (``bound="tanh"`` on the residual
+form bounds our generator). Their noise is i.i.d. (``orthogonal=False``). generator_rks also
+takes the smoothing feature and the normaliser floor (lk_study.kernels.base.Trig).
+
 Both get exactly the ``num_features`` they are asked for (the reference code gives
 Generator-PRF half of them). The expectation over ε has no closed form: ``exact_kernel``
 averages the finite-sample kernel over ``EXACT_SAMPLES`` = 2^16 orthogonal Gaussian noise
@@ -32,12 +40,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lk_study.kernels.base import Positive, RandomFeatureMap, Trig, gaussian_noise, sampled_kernel
+from lk_study.kernels.base import (
+    DEN_FLOOR,
+    INITS,
+    Positive,
+    RandomFeatureMap,
+    Trig,
+    check_choice,
+    gaussian_noise,
+    sampled_kernel,
+)
 
 EXACT_SAMPLES = 1 << 16  # noise vectors per head averaged by exact_kernel
 EXACT_SEED = 0
 EXACT_CHUNK = 1 << 14  # noise vectors per exact_kernel step (bounds its memory)
 INIT_GAIN = 0.01  # std of the residual branch's output layer at initialisation, times √k
+BOUNDS = ("none", "tanh")
 
 
 class GeneratorFeatures(RandomFeatureMap):
@@ -50,29 +68,48 @@ class GeneratorFeatures(RandomFeatureMap):
         num_features: int,
         component: Positive | Trig,
         hidden_dim: int = 64,
+        orthogonal: bool = True,
+        init: str = "rbf",
+        bound: str = "none",
     ) -> None:
         super().__init__(head_dim, num_heads, num_features, component)
         if hidden_dim < 1:
             raise ValueError(f"hidden_dim must be >= 1, got {hidden_dim}")
+        check_choice("init", init, INITS)
+        check_choice("bound", bound, BOUNDS)
+        self.orthogonal, self.init, self.bound = orthogonal, init, bound
+        self.residual = init == "rbf"
         h, d, k = num_heads, head_dim, hidden_dim
         g = torch.Generator().manual_seed(0)
-        bound = d**-0.5  # nn.Linear's default init for the first layer
-        self.w1 = nn.Parameter((torch.rand(h, k, d, generator=g) * 2 - 1) * bound)
-        self.b1 = nn.Parameter((torch.rand(h, k, generator=g) * 2 - 1) * bound)
-        self.w2 = nn.Parameter(torch.randn(h, d, k, generator=g) * (INIT_GAIN * k**-0.5))
+        if init == "authors":  # xavier-uniform weights, zero biases
+            xavier = math.sqrt(6.0 / (d + k))
+            w1 = (torch.rand(h, k, d, generator=g) * 2 - 1) * xavier
+            b1 = torch.zeros(h, k)
+            w2 = (torch.rand(h, d, k, generator=g) * 2 - 1) * xavier
+        else:
+            first = d**-0.5  # nn.Linear's default init for the first layer
+            w1 = (torch.rand(h, k, d, generator=g) * 2 - 1) * first
+            b1 = (torch.rand(h, k, generator=g) * 2 - 1) * first
+            w2 = torch.randn(h, d, k, generator=g) * (INIT_GAIN * k**-0.5)
+        self.w1, self.b1, self.w2 = nn.Parameter(w1), nn.Parameter(b1), nn.Parameter(w2)
         self.b2 = nn.Parameter(torch.zeros(h, d))
         self.register_buffer("eps", torch.zeros(h, self.num_frequencies, d))
         self.resample(g)
 
     def resample(self, generator: torch.Generator) -> None:
         self.eps.copy_(
-            gaussian_noise(generator, self.num_heads, self.num_frequencies, self.head_dim)
+            gaussian_noise(
+                generator, self.num_heads, self.num_frequencies, self.head_dim, self.orthogonal
+            )
         )
 
     def generate(self, eps: Tensor) -> Tensor:
         """g_θ: noise (H, n, d) -> frequencies (H, n, d)."""
         hidden = F.gelu(torch.einsum("hnd,hkd->hnk", eps, self.w1) + self.b1[:, None])
-        return eps + torch.einsum("hnk,hdk->hnd", hidden, self.w2) + self.b2[:, None]
+        omega = torch.einsum("hnk,hdk->hnd", hidden, self.w2) + self.b2[:, None]
+        if self.residual:
+            omega = omega + eps
+        return torch.tanh(omega) if self.bound == "tanh" else omega
 
     def frequencies(self) -> tuple[Tensor, Tensor]:
         m = self.num_frequencies
@@ -94,26 +131,48 @@ class GeneratorFeatures(RandomFeatureMap):
         k = torch.zeros((), dtype=xs.dtype, device=xs.device)
         for _ in range(EXACT_SAMPLES // EXACT_CHUNK):
             eps = gaussian_noise(gen, self.num_heads, EXACT_CHUNK, self.head_dim)
-            omega = self.generate(eps.to(self.eps.device)).to(xs.dtype)
+            omega = self.generate(eps.to(self.eps)).to(xs.dtype)  # the module's device, dtype
             k = k + sampled_kernel(self.component, xs, ys, omega, log_w)
-        return k
+        return k + (0.0 if self.positive else self.component.smoothing**2)
 
 
 class GeneratorRKS(GeneratorFeatures):
-    math = "φ = √(2/M)[cos(ωx'), sin(ωx')], ω = g_θ(ε) (MLP, learned) -> E_ε[cos(g_θ(ε)·δ)]"
+    math = (
+        "φ = √(2/M)[cos(ωx'), sin(ωx') (, s)], ω = g_θ(ε) (MLP, learned) -> E_ε[cos(g_θ(ε)·δ)] + s²"
+    )
 
     def __init__(
-        self, head_dim: int, num_heads: int, num_features: int = 256, hidden_dim: int = 64
+        self,
+        head_dim: int,
+        num_heads: int,
+        num_features: int = 256,
+        hidden_dim: int = 64,
+        orthogonal: bool = True,
+        init: str = "rbf",
+        bound: str = "none",
+        smoothing: float = 0.0,
+        den_floor: float = DEN_FLOOR,
     ) -> None:
-        super().__init__(head_dim, num_heads, num_features, Trig(), hidden_dim)
+        component = Trig(smoothing, den_floor)
+        super().__init__(
+            head_dim, num_heads, num_features, component, hidden_dim, orthogonal, init, bound
+        )
 
 
 class GeneratorPRF(GeneratorFeatures):
     math = "φ = √(1/M) exp(ωx'−‖x'‖²), ω = g_θ(ε) (MLP) -> E_ε[exp(g_θ(ε)·z)] e^(−‖x'‖²−‖y'‖²)"
 
     def __init__(
-        self, head_dim: int, num_heads: int, num_features: int = 256, hidden_dim: int = 64
+        self,
+        head_dim: int,
+        num_heads: int,
+        num_features: int = 256,
+        hidden_dim: int = 64,
+        orthogonal: bool = True,
+        init: str = "rbf",
+        bound: str = "none",
     ) -> None:
+        component = Positive(1.0, antithetic=False)
         super().__init__(
-            head_dim, num_heads, num_features, Positive(1.0, antithetic=False), hidden_dim
+            head_dim, num_heads, num_features, component, hidden_dim, orthogonal, init, bound
         )

@@ -11,16 +11,35 @@ weighted by √(π_c/m_c) (m_c features in component c).
     gmm_prf: φ(x) = √w exp(ωx' − ‖x'‖²)
              k(x, y) = Σ_c π_c exp(μ_c·z + ½ zᵀΣ_c z − ‖x'‖² − ‖y'‖²),        z = x' + y'
 
-Initialised at C equal components with μ = 0, Σ = I, where both are the RBF kernel
-exp(−‖δ‖²/2).
+``init="rbf"`` (default) starts at C equal components with μ = 0, Σ = I, where both are the
+RBF kernel exp(−‖δ‖²/2). ``init="authors"`` starts where the authors' code does (from a
+fixed-seed generator, so every layer alike):
+
+    gmm_rks: Σ_c = A_cᵀA_c, A_c (d, d) ~ U(±√(6/(d² + H d))) (xavier on (H, d, d)), so
+             E‖ω‖²/d = 2/(d + H) (0.028 at d = 64, H = 8: a ≈ 6× wider kernel); μ ~ U(±1/d)
+    gmm_prf: Σ_c = diag(e^s), s ~ U(±√(6/(H + d))) (xavier on (H, d)); μ ~ U(±1/√d)
+
+A diagonal covariance keeps the diagonal of Σ_c. The authors' GMM-RKS is full, their GMM-PRF
+diagonal (``covariance``). Their GMM-RKS also adds the smoothing feature (``smoothing``; their
+kernel is 2k + s², i.e. our s = theirs / √2), and draws i.i.d. noise (``orthogonal=False``).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from lk_study.kernels.base import Positive, RandomFeatureMap, Trig, gaussian_noise
+from lk_study.kernels.base import (
+    DEN_FLOOR,
+    INITS,
+    Positive,
+    RandomFeatureMap,
+    Trig,
+    check_choice,
+    gaussian_noise,
+)
 
 COVARIANCES = ("diag", "full")
 
@@ -34,10 +53,12 @@ class GaussianMixtureFeatures(RandomFeatureMap):
         component: Positive | Trig,
         num_components: int = 1,
         covariance: str = "diag",
+        orthogonal: bool = True,
+        init: str = "rbf",
     ) -> None:
         super().__init__(head_dim, num_heads, num_features, component)
-        if covariance not in COVARIANCES:
-            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+        check_choice("covariance", covariance, COVARIANCES)
+        check_choice("init", init, INITS)
         if not 1 <= num_components <= self.num_frequencies:
             raise ValueError(
                 f"num_components must be in [1, {self.num_frequencies}] for "
@@ -51,11 +72,38 @@ class GaussianMixtureFeatures(RandomFeatureMap):
         self.lower = nn.Parameter(torch.zeros(h, c, d, d)) if covariance == "full" else None
         self.register_buffer("component_of", torch.arange(m) * c // m, persistent=False)
         self.register_buffer("eps", torch.zeros(h, m, d))
-        self.resample(torch.Generator().manual_seed(0))
+        self.orthogonal = orthogonal
+        self.init = init
+        g = torch.Generator().manual_seed(0)
+        if init == "authors":
+            with torch.no_grad():
+                self._authors_init(g)
+        self.resample(g)
+
+    def _authors_init(self, g: torch.Generator) -> None:
+        """The authors' initial spectra (module docstring)."""
+        h, c, d = self.mu.shape
+        if self.component.positive:  # gmm_prf: diag(e^s), s xavier on (H, d); μ ~ U(±1/√d)
+            bound = math.sqrt(6.0 / (h + d))
+            self.log_scale.copy_(0.5 * (torch.rand(h, c, d, generator=g) * 2 - 1) * bound)
+            self.mu.copy_((torch.rand(h, c, d, generator=g) * 2 - 1) * d**-0.5)
+            return
+        bound = math.sqrt(6.0 / (d * d + h * d))  # gmm_rks: A xavier on (H, d, d)
+        a = (torch.rand(h, c, d, d, generator=g, dtype=torch.float64) * 2 - 1) * bound
+        cov = a.transpose(-2, -1) @ a  # ω = Aᵀε
+        if self.lower is None:
+            self.log_scale.copy_(0.5 * torch.diagonal(cov, dim1=-2, dim2=-1).log())
+        else:
+            chol = torch.linalg.cholesky(cov)
+            self.log_scale.copy_(torch.diagonal(chol, dim1=-2, dim2=-1).log())
+            self.lower.copy_(torch.tril(chol, diagonal=-1))
+        self.mu.copy_((torch.rand(h, c, d, generator=g) * 2 - 1) / d)
 
     def resample(self, generator: torch.Generator) -> None:
         self.eps.copy_(
-            gaussian_noise(generator, self.num_heads, self.num_frequencies, self.head_dim)
+            gaussian_noise(
+                generator, self.num_heads, self.num_frequencies, self.head_dim, self.orthogonal
+            )
         )
 
     def cholesky(self) -> Tensor:
@@ -87,7 +135,10 @@ class GaussianMixtureFeatures(RandomFeatureMap):
 
 
 class GMMRKS(GaussianMixtureFeatures):
-    math = "φ = √w[cos(ωx'), sin(ωx')], ω ~ Σπ_c N(μ_c, Σ_c) -> Σ π_c cos(μ_c·δ) e^(−½δᵀΣ_cδ)"
+    math = (
+        "φ = √w[cos(ωx'), sin(ωx') (, s)], ω ~ Σπ_c N(μ_c, Σ_c) "
+        "-> Σ π_c cos(μ_c·δ) e^(−½δᵀΣ_cδ) + s²"
+    )
 
     def __init__(
         self,
@@ -96,8 +147,22 @@ class GMMRKS(GaussianMixtureFeatures):
         num_features: int = 256,
         num_components: int = 1,
         covariance: str = "diag",
+        orthogonal: bool = True,
+        init: str = "rbf",
+        smoothing: float = 0.0,
+        den_floor: float = DEN_FLOOR,
     ) -> None:
-        super().__init__(head_dim, num_heads, num_features, Trig(), num_components, covariance)
+        component = Trig(smoothing, den_floor)
+        super().__init__(
+            head_dim,
+            num_heads,
+            num_features,
+            component,
+            num_components,
+            covariance,
+            orthogonal,
+            init,
+        )
 
 
 class GMMPRF(GaussianMixtureFeatures):
@@ -110,6 +175,8 @@ class GMMPRF(GaussianMixtureFeatures):
         num_features: int = 256,
         num_components: int = 1,
         covariance: str = "diag",
+        orthogonal: bool = True,
+        init: str = "rbf",
     ) -> None:
         super().__init__(
             head_dim,
@@ -118,4 +185,6 @@ class GMMPRF(GaussianMixtureFeatures):
             Positive(1.0, antithetic=False),
             num_components,
             covariance,
+            orthogonal,
+            init,
         )

@@ -10,8 +10,12 @@ positive. Orthogonal rows (blocks of d exactly orthogonal, χ_d row norms) reduc
 
 rks — random kitchen sinks (Rahimi & Recht 2007):
 
-    φ(x) = √(2/M) [cos(Wx'), sin(Wx')],  W (M/2, d) orthogonal Gaussian rows
-    E[φ(x)·φ(y)] = exp(−‖x' − y'‖²/2)   (the RBF kernel; features are signed)
+    φ(x) = √(2/M) [cos(Wx'), sin(Wx') (, s)],  W (M/2, d) orthogonal Gaussian rows
+    E[φ(x)·φ(y)] = exp(−‖x' − y'‖²/2) + s²   (the RBF kernel; features are signed)
+
+with the authors' optional constant smoothing feature s (``smoothing``; their RKS baseline
+uses s = 1 and i.i.d. rows, ``orthogonal=False``), and the normaliser floor ``den_floor``
+(lk_study.attention).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-from lk_study.kernels.base import Positive, RandomFeatureMap, Trig, gaussian_noise
+from lk_study.kernels.base import DEN_FLOOR, Positive, RandomFeatureMap, Trig, gaussian_noise
 
 
 class GaussianFeatures(RandomFeatureMap):
@@ -68,13 +72,21 @@ class PRF(GaussianFeatures):
 
 
 class RKS(GaussianFeatures):
-    math = "φ = √(2/M)[cos(Wx'), sin(Wx')], W orthogonal -> exp(−‖x'−y'‖²/2)"
+    math = "φ = √(2/M)[cos(Wx'), sin(Wx') (, s)], W orthogonal -> exp(−‖x'−y'‖²/2) + s²"
 
     def __init__(
-        self, head_dim: int, num_heads: int, num_features: int = 256, orthogonal: bool = True
+        self,
+        head_dim: int,
+        num_heads: int,
+        num_features: int = 256,
+        orthogonal: bool = True,
+        smoothing: float = 0.0,
+        den_floor: float = DEN_FLOOR,
     ) -> None:
-        super().__init__(head_dim, num_heads, num_features, Trig(), orthogonal)
+        component = Trig(smoothing, den_floor)
+        super().__init__(head_dim, num_heads, num_features, component, orthogonal)
 
     def exact_kernel(self, x: Tensor, y: Tensor) -> Tensor:
-        """exp(−‖x' − y'‖²/2): (B, H, T, d), (B, H, S, d) -> (B, H, T, S)."""
-        return torch.exp(-0.5 * torch.cdist(self.scale(x), self.scale(y)) ** 2)
+        """exp(−‖x' − y'‖²/2) + s²: (B, H, T, d), (B, H, S, d) -> (B, H, T, S)."""
+        rbf = torch.exp(-0.5 * torch.cdist(self.scale(x), self.scale(y)) ** 2)
+        return rbf + self.component.smoothing**2
