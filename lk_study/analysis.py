@@ -893,14 +893,20 @@ def pretrained_trial(study: StudyResults, config: Mapping[str, Any]) -> str:
     a model of ``config`` (flat dotted keys): same ``encoder_keys``; the best finished one on
     the study's objective when several match (e.g. seeds). Raises NoResults naming the keys
     and the candidates when none matches."""
+    from lk_study.config import KernelConfig
+
     keys = encoder_keys(config["kernel.name"])
+    defaults = {f"kernel.{f.name}": f.default for f in dataclasses.fields(KernelConfig)}
+    config = {k: config.get(k, defaults.get(k)) for k in keys}  # keys newer than the config
     trials = study.leaderboard()
     done = trials[trials["status"] == "TERMINATED"] if "status" in trials else trials
     match = done
     for key in keys:
-        if key not in match:
-            match = match.iloc[0:0]
-            break
+        if key not in match:  # a kernel key newer than the study: its trials had the default
+            if key not in defaults or config[key] != defaults[key]:
+                match = match.iloc[0:0]
+                break
+            continue
         match = match[match[key].astype(object) == config[key]]
     if match.empty:
         want = ", ".join(f"{k}={config[k]}" for k in keys)
