@@ -11,6 +11,8 @@ lk-study data prepare TASK [--source SRC] [--set task.key=value ...]
 lk-study data generate listops|pathfinder --out DIR --num N [--seed S]
 lk-study bench attention [--kernels K ...] [--lengths N ...] [--batch B] [--heads H]
     [--head-dim D] [--num-features M] [--repeats R] [--device DEV] [--out FILE.csv]
+lk-study bench approx [--kernels K ...] [--features M ...] [--norms R ...] [--draws N]
+    [--head-dim D] [--out FILE.csv] [--figure FILE.png]
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import sys
 from pathlib import Path
 
 from lk_study.bench import AttentionBench, bench_attention, format_ratios, write_csv
+from lk_study.bench_approx import ApproxBench, bench_approx, format_table
+from lk_study.bench_approx import write_csv as write_approx_csv
 from lk_study.config import ConfigError, flatten, load_study, parse_value, study_refs
 
 
@@ -177,6 +181,31 @@ def cmd_bench_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_approx(args: argparse.Namespace) -> int:
+    if args.out and Path(args.out).suffix != ".csv":
+        raise ConfigError(f"--out {args.out}: use a .csv file name")
+    if args.figure and Path(args.figure).suffix != ".png":
+        raise ConfigError(f"--figure {args.figure}: use a .png file name")
+    cfg = ApproxBench(
+        kernels=tuple(args.kernels),
+        num_features=tuple(args.features),
+        input_norms=tuple(args.norms),
+        draws=args.draws,
+        head_dim=args.head_dim,
+    )
+    rows = bench_approx(cfg)
+    print(format_table(rows))
+    if args.out:
+        write_approx_csv(rows, args.out)
+        print(f"\nWrote {len(rows)} rows to {args.out}")
+    if args.figure:
+        from lk_study.bench_approx import plot_approx  # imports matplotlib: only when asked
+
+        plot_approx(rows).savefig(args.figure, dpi=120)
+        print(f"Wrote the figure to {args.figure}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lk-study", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +321,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="cpu or cuda[:i] (default: cuda if available)")
     p.add_argument("--out", help="write one row per (kernel, length, pass) to FILE.csv")
     p.set_defaults(func=cmd_bench_attention)
+    p = bench_sub.add_parser(
+        "approx",
+        help="error of φ(x)·φ(y) against the exact kernel vs num_features, per kernel and norm",
+    )
+    approx = ApproxBench()
+    p.add_argument(
+        "--kernels",
+        nargs="+",
+        default=list(approx.kernels),
+        metavar="K",
+        help="random-feature registry kernels and the references sm_trig_iid, sm_positive_iid "
+        "(default: all)",
+    )
+    p.add_argument(
+        "--features",
+        nargs="+",
+        type=int,
+        default=list(approx.num_features),
+        metavar="M",
+        help="num_features values, even (default: %(default)s)",
+    )
+    p.add_argument(
+        "--norms",
+        nargs="+",
+        type=float,
+        default=list(approx.input_norms),
+        metavar="R",
+        help="input norms ‖x‖ = ‖y‖ before the kernels' x / d^(1/4) scaling (default: "
+        "%(default)s; at d=16 ‖x'‖ = R/2)",
+    )
+    p.add_argument(
+        "--draws", type=int, default=approx.draws, help="resamples per row (default: %(default)s)"
+    )
+    p.add_argument("--head-dim", type=int, default=approx.head_dim)
+    p.add_argument("--out", help="write one row per (kernel, orthogonal, M, norm) to FILE.csv")
+    p.add_argument("--figure", help="write rel_err vs M (log-log, a panel per norm) to FILE.png")
+    p.set_defaults(func=cmd_bench_approx)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
