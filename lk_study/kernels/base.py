@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 INITS = ("rbf", "authors")  # learned families: start at the RBF kernel, or as the authors' code
-DEN_FLOOR = 0.1  # default c of the signed maps' normaliser floor: |out| <= max|v| / c
+DEN_FLOOR = 0.05  # default c of the signed maps' normaliser floor: |out| <= max|v| / c
 
 
 def check_choice(name: str, value: object, valid: tuple) -> None:
