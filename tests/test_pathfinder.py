@@ -1,6 +1,7 @@
-"""Pathfinder: the generator (shapes, determinism, balance), connectivity checked on an
-independent solid re-rendering, honesty (ink, marker distance, a pixel logistic regression),
-tokens, and the LRA release format (round trip, malformed metadata)."""
+"""Pathfinder: the generator (shapes, determinism, random labels), connectivity checked on an
+independent solid re-rendering and in the pixels, honesty (ink, marker distance, a pixel
+logistic regression), the official pathfinder32 images' statistics, tokens, and the LRA
+release format (round trip, malformed metadata, PNG mode and size)."""
 
 import re
 
@@ -23,11 +24,11 @@ def baseline():
     return spec, scenes, images, labels
 
 
-def test_shapes_dtypes_determinism_and_balance():
+def test_shapes_dtypes_determinism_and_random_labels():
     images, labels = pf.generate(6, 32, seed=0)
     assert images.shape == (6, 32, 32) and images.dtype == np.uint8
     assert labels.shape == (6,) and labels.dtype == np.int64
-    assert labels.sum() == 3  # exactly balanced
+    assert set(labels.tolist()) <= {0, 1}
     assert images.max() == 255 and images.min() == 0  # markers saturate, background is black
     # generate is make_spec + generate_scenes + render, and a second run gives the same
     spec = pf.make_spec(32, 14)
@@ -36,10 +37,22 @@ def test_shapes_dtypes_determinism_and_balance():
     assert np.array_equal([s.label for s in scenes], labels)
     other, _ = pf.generate(6, 32, seed=1)
     assert not np.array_equal(images, other)
-    assert pf.generate(7, 32, seed=0, contour_length=6)[1].sum() in (3, 4)
-    for res in (64, 128):
-        big, big_labels = pf.generate(2, res, seed=0, contour_length=9)
-        assert big.shape == (2, res, res) and big.dtype == np.uint8 and big_labels.sum() == 1
+    # image i and its label do not depend on how many images are drawn
+    more_images, more_labels = pf.generate(9, 32, seed=0)
+    assert np.array_equal(more_images[:6], images) and np.array_equal(more_labels[:6], labels)
+    for res, contour_length in ((16, 14), (64, 9), (128, 9)):
+        big, big_labels = pf.generate(2, res, seed=0, contour_length=contour_length)
+        assert big.shape == (2, res, res) and big.dtype == np.uint8 and big_labels.shape == (2,)
+
+
+def test_labels_are_bernoulli_half_per_image():
+    spec = pf.make_spec(32, 14)
+    labels = pf.random_labels(4000, seed=0, spec=spec)
+    assert labels.dtype == np.int64 and set(labels.tolist()) == {0, 1}
+    assert abs(labels.mean() - 0.5) < 4 * 0.5 / np.sqrt(len(labels))  # 4 standard errors
+    assert np.array_equal(pf.random_labels(10, seed=0, spec=spec), labels[:10])
+    counts = [pf.random_labels(10, seed=s, spec=spec).sum() for s in range(40)]
+    assert len(set(counts)) > 3  # drawn per image, not balanced per set
 
 
 def test_spec_validation():
@@ -102,27 +115,53 @@ def test_markers_connected_iff_label_on_a_solid_rerendering(resolution, contour_
         assert (c0 == c1) == (scene.label == 1)
 
 
-def test_rendering_is_dashed_and_follows_the_scene():
-    spec = pf.make_spec(128, 9)
-    for scene in pf.generate_scenes(3, spec, seed=4):
+def test_rendering_follows_the_scene_with_continuous_strokes():
+    spec = pf.make_spec(32, 9)
+    lit_gaps, gaps = 0, 0
+    for scene in pf.generate_scenes(20, spec, seed=4):
         image = pf.render(scene, spec)
         for path in scene.paths:
+            for p, q in path:  # each dash's midpoint is lit
+                y, x = np.floor((p + q) / 2).astype(int)
+                assert image[y, x] > 32
             for q, p in zip(path[:-1, 1], path[1:, 0], strict=True):  # each gap's midpoint
                 y, x = np.floor((p + q) / 2).astype(int)
-                assert image[y, x] == 0
-            for p, q in path:  # each dash's midpoint
-                y, x = np.floor((p + q) / 2).astype(int)
-                assert image[y, x] > 0
+                lit_gaps, gaps = lit_gaps + int(image[y, x] > 32), gaps + 1
         for m in scene.markers:
-            assert image[tuple(np.floor(m).astype(int))] == 255
-        # no ink farther than a stroke (plus a pixel) from every dash and marker
-        yy, xx = np.mgrid[0:128, 0:128] + 0.5
+            assert image[tuple(np.floor(m).astype(int))] >= 200
+        # no ink farther than the Lanczos filter's reach (3 px) from every dash and marker
+        yy, xx = np.mgrid[0:32, 0:32] + 0.5
         cells = np.stack([yy.ravel(), xx.ravel()], 1)
         ends = np.concatenate([p.reshape(-1, 2) for p in scene.paths] + [scene.markers])
+        reach = max(spec.dash_length / 2 + spec.thickness / 2, spec.marker_radius) + 3
         near = np.zeros(len(cells), dtype=bool)
         for a in ends:  # discs around dash ends and markers cover the strokes (dashes are short)
-            near |= np.hypot(*(cells - a).T) <= spec.dash_length + spec.marker_radius + 1.5
+            near |= np.hypot(*(cells - a).T) <= reach
         assert (image.ravel()[~near] == 0).all()
+    # antialiasing merges the dashes: most gaps are lit, as in the official images
+    assert lit_gaps / gaps > 0.6
+
+
+def _marker_blobs(image: np.ndarray, scene: pf.Scene, threshold: int) -> tuple[int, int]:
+    blobs, _ = ndimage.label(image > threshold, structure=np.ones((3, 3)))
+    return tuple(int(blobs[tuple(np.floor(m).astype(int))]) for m in scene.markers)
+
+
+@pytest.mark.parametrize("contour_length", sorted(pf.DIFFICULTIES.values()))
+def test_markers_connected_iff_label_in_the_pixels(contour_length):
+    """In the rendered image (8-connected): a label-1 pair is joined by ink (pixels > 0); a
+    label-0 pair lies in two different blobs of lit pixels (> 32), touching strokes included."""
+    spec = pf.make_spec(32, contour_length)
+    scenes = pf.generate_scenes(60, spec, seed=6)
+    assert {s.label for s in scenes} == {0, 1}
+    for scene in scenes:
+        image = pf.render(scene, spec)
+        if scene.label == 1:
+            a, b = _marker_blobs(image, scene, 0)
+            assert a > 0 and a == b
+        else:
+            a, b = _marker_blobs(image, scene, 32)
+            assert a > 0 and b > 0 and a != b
 
 
 def test_ink_does_not_give_the_label_away(baseline):
@@ -264,3 +303,50 @@ def test_main_generate_writes_every_difficulty(tmp_path, capsys):
         images, labels, _ = pf.read_release(tmp_path, difficulty)
         want = pf.generate(2, 32, seed=0, contour_length=contour_length)
         assert np.array_equal(images, want[0]) and np.array_equal(labels, want[1])
+
+
+# official pathfinder32 images (drewlinsley/pathfinder at LRA's settings), 300 per difficulty,
+# measured in shared/notes/real_data.md: mean intensity, lit fraction (pixels > 32), grey
+# levels per image, lit blobs per image (4-connected, scipy.ndimage.label's default)
+OFFICIAL = {
+    "curv_baseline": (12.8, 0.088, 60, 8.2),
+    "curv_contour_length_9": (15.5, 0.108, 63, 10.7),
+    "curv_contour_length_14": (20.4, 0.146, 64, 16.6),
+}
+
+
+@pytest.mark.parametrize("difficulty", sorted(OFFICIAL))
+def test_images_have_the_official_statistics(difficulty):
+    mean, lit, levels, blobs = OFFICIAL[difficulty]
+    images, _ = pf.generate(300, 32, seed=1, contour_length=pf.DIFFICULTIES[difficulty])
+    ours_lit = (images > 32).mean()
+    ours_levels = np.array([len(np.unique(im)) for im in images])
+    ours_blobs = np.mean([ndimage.label(im > 32)[1] for im in images])
+    assert abs(ours_lit / lit - 1) <= 0.2, ours_lit
+    assert ours_levels.mean() >= 45 and np.median(ours_levels) >= 45, ours_levels.mean()
+    assert abs(ours_blobs / blobs - 1) <= 0.3, ours_blobs
+    assert abs(images.mean() / mean - 1) <= 0.25, images.mean()
+
+
+def test_release_png_mode_and_size_are_checked(release):
+    root, meta = release
+    png = meta.parent.parent / "imgs" / "0" / "sample_1.png"
+    with Image.open(png) as im:
+        grey = np.asarray(im)
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(png)  # RGB with R = G = B: same grey
+    images, _, _ = pf.read_release(root)
+    assert np.array_equal(images[1], grey)
+    Image.fromarray(np.zeros((32, 32, 4), dtype=np.uint8)).save(png)  # RGBA
+    with pytest.raises(ValueError, match=r"row 2: image .*sample_1.png: image mode RGBA .*alpha"):
+        pf.read_release(root)
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint16)).save(png)  # 16-bit grey
+    with pytest.raises(ValueError, match=r"row 2: image .*sample_1.png: image mode I;16.*16-bit"):
+        pf.read_release(root)
+    Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(png)
+    with pytest.raises(ValueError, match=r"row 2: .*sample_1.png is 28x28, the first.* 32x32"):
+        pf.read_release(root)
+    with pytest.raises(ValueError, match=r"row 2: image .*sample_1.png is 28x28, expected 32x32"):
+        pf.read_release(root, resolution=32)
+    with pytest.raises(ValueError, match=r"row 1: .*sample_0.png is 32x32, expected 64x64"):
+        pf.read_release(root, resolution=64)
+    assert pf.read_release(root, on_bad_rows="skip", resolution=32)[2] == 1

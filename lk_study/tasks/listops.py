@@ -35,9 +35,12 @@ reader takes either). Like LRA's writer (Python's ``csv`` module) lines end in C
 reader takes CRLF or LF.
 
 Tokenisation drops the parentheses and keeps the operators, ``]`` and the digits: 15 symbols,
-ids 1..15, id 0 is padding. (LRA's own pipeline used an alphanumeric-only tokenizer, which
-also dropped ``]`` and so lost where each argument list ends; later codebases such as S4
-restore it, as we do.)
+ids 1..15, id 0 is padding. This is LRA's tokenisation (``lra_benchmarks/listops/
+input_pipeline.py``, ``rename_close_brackets``): it deletes ``(`` and ``)`` and renames ``]``
+to ``X`` before splitting on whitespace, precisely to keep ``]`` (its comment: the tokenizer
+removes non-alphanumeric symbols), so that where each argument list ends is part of the
+input. Only a first version of that file, with an alphanumeric-only tokenizer and no
+renaming, dropped ``]``.
 
 The label of every generated example is computed from the generator's tree; ``evaluate``
 recomputes it from the text with a separate stack parser, and the tests compare the two.

@@ -1,18 +1,19 @@
 """Pathfinder (Linsley et al. 2018; Kim, Linsley et al. 2020) as Long Range Arena uses it.
 
-An image shows two endpoint markers (discs) and several curved *dashed* paths. The label is 1
-when one path joins the two markers and 0 when they sit on two different paths. LRA feeds the
-R×R image to the model as a sequence of R² pixel intensities (1024 tokens at 32×32).
+An image shows two endpoint markers (discs) and several curved paths. The label is 1 when one
+path joins the two markers and 0 when they sit on two different paths. LRA feeds the R×R
+image to the model as a sequence of R² pixel intensities (1024 tokens at 32×32).
 
-Generator (our numpy construction after the original ``snakes2`` generator; lengths are
-pixels at 32×32 and scale with s = R/32 — dash and gap lengths with s, stroke thickness,
-marker radius and clearances with √s, so larger images have longer, relatively thinner
-strokes, as in LRA's 64/128 sets)::
+Generator: our numpy + Pillow construction after the description of the original
+``snakes2`` generator (drewlinsley/pathfinder), tuned so that its images have the official
+pathfinder32 images' statistics (below). Lengths are pixels at 32×32 and scale with
+s = R/32: dash and gap lengths with s, stroke thickness, marker radius and clearances with
+√s, so larger images have longer, relatively thinner strokes, as in LRA's 64/128 sets::
 
-    path        a start point and K dashes; step k is a gap of ``gap_length`` (1.0; none
-                before the first dash) then a flat-ended dash of ``dash_length`` (2.0) and
-                ``thickness`` (1.0), both along direction θ_k. The path's centre line is the
-                polyline through all dash ends, gaps included
+    path        a start point and K paddles ("dashes"); step k is a gap of ``gap_length``
+                (0.75; none before the first dash) then a flat-ended dash of ``dash_length``
+                (2.0) and ``thickness`` (0.5), both along direction θ_k. The path's centre
+                line is the polyline through all dash ends, gaps included
     turning     θ_k = θ_{k-1} + κ + ε_k, κ ~ U(±curvature) once per path (0.45 rad),
                 ε_k ~ U(±jitter) per dash (0.35 rad). That direction and ``max_tries`` - 1 (11)
                 others, θ_{k-1} + U(±(curvature + jitter)), are tested at once (any direction
@@ -22,29 +23,53 @@ strokes, as in LRA's 64/128 sets)::
                 failure since it last got longer (a new direction when it is back at its
                 start); the target pair restarts after 2 K failures, a distractor after 2 K
     clearance   every centre-line point (sampled every 0.5 px, gaps included) keeps
-                r_a + r_b + ``min_gap`` (1.5) from every point of another path and from its
-                own path before its last two dashes, where r is half the thickness or, for
-                the four target ends, ``marker_radius`` (1.5); everything stays ``padding``
-                (1.0) inside the image. So paths never touch or cross, markers touch only
-                their own path, and connectivity is unambiguous
+                r_a + r_b + ``min_gap`` (0.8) from every point of another path and from its
+                own path before its last ``own_skip`` (2) dashes, where r is half the
+                thickness or, for the four target ends, ``marker_radius`` (2.5); everything
+                stays ``padding`` (0.5) inside the image. So the paths' geometry never touches
+                or crosses and connectivity is unambiguous; in the pixels, strokes 0.8 px
+                apart touch (two paths share a blob of lit pixels in 3 % of the images at
+                K = 6, 15 % at K = 14)
     targets     two paths A, B of ``contour_length`` dashes (14; LRA's folders use 6, 9, 14),
                 grown alternately dash by dash from starts ``seed_distance`` (5.5) apart
-    distractors ``num_distractors`` paths (20 dashes' worth at 32: 20 // distractor_length,
-                growing to 35 dashes' worth at 128) of ``distractor_length`` = K // 3 dashes;
-                each of up to 4 attempts starts at the first of 12 uniform points with half a
-                step of room; one that does not fit is left out
+    distractors ``num_distractors`` paths (4 dashes' worth at 32: 4 // distractor_length,
+                round(4 s^0.4) dashes' worth at other sizes) of ``distractor_length`` = K // 3
+                dashes; each of up to 4 attempts starts at the first of 12 uniform points with
+                half a step of room; one that does not fit is left out
     markers     chosen last, so the strokes of an image do not depend on its label. Of the
                 same-path pairs (start, end) of A or of B and the cross pairs (start A, end B)
                 or (start B, end A), take the same/cross combination whose two distances are
                 closest: label 1 marks the same-path pair, label 0 the cross pair. So the
-                marker distance does not give the label away (a best single threshold on it
-                scores about 0.6 at K = 6 and chance at K = 14)
-    rendering   dashes and marker discs at ``antialias``× (4) supersampling, white on black,
-                averaged down to uint8
+                marker distance does not give the label away
+    pixel check the scene is drawn again (from the same random stream) when, in the image
+                with the cross pair's markers, those two markers lie in one 8-connected blob
+                of lit pixels (> 32): then touching strokes would join A and B, and label 0
+                would be false in the pixels. The check does not look at the label
+    rendering   dashes and marker discs (coverage 1, white on black) at ``antialias``× (4)
+                supersampling, downsampled with Pillow's Lanczos filter
+                (``Image.Resampling.LANCZOS``, negative lobes clipped to 0), which merges the
+                dashes into continuous strokes with many grey levels, as the official
+                generator's 2x Lanczos rendering does; then scaled so that the brightest
+                pixel (a marker) is 255, rounded to uint8. At R = 32 a gap between dashes is
+                lit (> 32) three times in four; at R >= 64 gaps are longer than the filter
+                merges, and the statistics below were tuned at 32 only
 
-Labels are exactly balanced (a seeded permutation of 0,1,0,1,…); image i draws from
-``SeedSequence((seed, R, contour_length), spawn_key=(1, i))``, the labels from
-spawn_key ``(0,)``: output is a deterministic function of (num, seed, parameters).
+Labels are drawn per image, 1 with probability 1/2 (as the official generator does; not
+exactly balanced): label i is the i-th uniform draw of ``SeedSequence((seed, R,
+contour_length), spawn_key=(0,))`` being < 1/2; image i draws its geometry from
+spawn_key ``(1, i)``. Output is a deterministic function of (seed, parameters) and image i
+does not depend on how many images are drawn.
+
+Statistics over 300 images per difficulty, official pathfinder32 (measured in
+``shared/notes/real_data.md``) / this generator at seed 0. Lit = pixel > 32; blobs = lit
+4-connected components (``scipy.ndimage.label``'s default structure); border = lit share of
+the outermost ring of pixels. ``tests/test_pathfinder.py`` checks lit fraction (±20 %), grey
+levels (≥ 45), blobs (±30 %) and mean intensity (±25 %) at another seed::
+
+    difficulty               mean         lit (> 32)    grey levels  blobs        border
+    curv_baseline            12.8 / 12.7  .088 / .093   60 / 94      8.2 / 8.5    .0054 / .0029
+    curv_contour_length_9    15.5 / 14.0  .108 / .109   63 / 104     10.7 / 10.3  .0033 / .0026
+    curv_contour_length_14   20.4 / 16.9  .146 / .143   64 / 121     16.6 / 15.1  .0017 / .0039
 
 LRA release layout (``lra_release/pathfinder32``; the TFDS builder in google-research/
 long-range-arena ``lra_benchmarks/data/pathfinder.py``; rows written by drewlinsley/pathfinder
@@ -63,7 +88,10 @@ text: one row per line, fields separated by spaces::
 Readers (LRA's, S4's, ours) use field 0 (folder), 1 (file) and 3 (label). We write our own
 parameters in the remaining fields (curvature, contour and distractor lengths, dash length,
 thickness, gap, 1). ``read_release`` also takes binary ``.npy`` string arrays (what
-``np.save`` in the original generator writes) and PNGs in any mode (converted to 8-bit gray).
+``np.save`` in the original generator writes). Its PNGs go through the image task's pixel
+rules (``lk_study.tasks.image.to_grey``: modes L, RGB by ITU-R 601-2 luma, P, 1; 8-bit only,
+no alpha) and must be ``resolution`` × ``resolution``; a PNG of another mode or size is a bad
+row naming the metadata row, the file and the mode or size found.
 
 Tokens: ``to_tokens`` flattens row-major and maps intensity v ∈ 0..255 to id v + 1, keeping
 id 0 for padding: ``VOCAB_SIZE`` = 257.
@@ -83,8 +111,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from PIL import Image
+from scipy import ndimage
 
 from lk_study.tasks.base import AccuracyTask, TaskConfig, check, ids_array, prepare_cached
+from lk_study.tasks.image import PixelError, to_grey
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +123,14 @@ VOCAB_SIZE = 257  # padding + 256 intensities
 NUM_CLASSES = 2
 DIFFICULTIES = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
 BATCH_SIZE = 1000  # images per imgs/<batch> folder and metadata/<batch>.npy file
-_SKIP_OWN = 2  # a path's own last dashes are exempt from the clearance check
+_SKIP_OWN = 2  # a path's own last dashes are exempt from the clearance check (at least)
 _TARGET_BUDGET = 2  # backtracking failures per target dash before the pair restarts
 _DISTRACTOR_STARTS = 4  # attempts to place a distractor before leaving it out
 _DISTRACTOR_BUDGET = 2  # backtracking failures per distractor dash before an attempt ends
 _DISTRACTOR_ROOM = 0.5  # free space (in steps) a distractor's start needs around it
 _NPY_MAGIC = b"\x93NUMPY"
+_LIT = 32  # a pixel above this is lit (the statistics and the pixel check)
+_EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
 
 
 @dataclass(frozen=True)
@@ -135,6 +167,15 @@ class PathfinderSpec:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
     @property
+    def own_skip(self) -> int:
+        """How many of a path's own last dashes its next dash need not keep clear of: 2, or
+        more where a straight path could not otherwise leave its start marker's clearance
+        (below R = 20 with the default lengths)."""
+        clear = self.marker_radius + self.thickness / 2 + self.min_gap
+        step = self.gap_length + self.dash_length
+        return max(_SKIP_OWN, math.ceil(1 + (clear - self.dash_length) / step))
+
+    @property
     def sample_spacing(self) -> float:
         """Spacing of the centre-line points that the clearance checks store."""
         return 0.5 * math.sqrt(self.resolution / 32)
@@ -159,7 +200,7 @@ def make_spec(
     r = math.sqrt(s)
     dl = distractor_length if distractor_length is not None else max(1, contour_length // 3)
     if num_distractors is None:
-        budget = round(20 * s**0.4)  # distractor dashes: 20 at 32 (LRA), 26 at 64, 35 at 128
+        budget = round(4 * s**0.4)  # distractor dashes: 4 at 32, 5 at 64, 7 at 128
         num_distractors = budget // dl
     return PathfinderSpec(
         resolution=resolution,
@@ -167,12 +208,12 @@ def make_spec(
         distractor_length=dl,
         num_distractors=num_distractors,
         dash_length=dash_length if dash_length is not None else 2.0 * s,
-        gap_length=gap_length if gap_length is not None else 1.0 * s,
-        thickness=thickness if thickness is not None else 1.0 * r,
-        marker_radius=marker_radius if marker_radius is not None else 1.5 * r,
-        min_gap=1.5 * r,
+        gap_length=gap_length if gap_length is not None else 0.75 * s,
+        thickness=thickness if thickness is not None else 0.5 * r,
+        marker_radius=marker_radius if marker_radius is not None else 2.5 * r,
+        min_gap=0.8 * r,
         seed_distance=5.5 * s,
-        padding=1.0 * r,
+        padding=0.5 * r,
         curvature=curvature,
         jitter=jitter,
         antialias=antialias,
@@ -224,13 +265,13 @@ class _Points:
         self.n = m
 
     def obstacles(
-        self, centre: np.ndarray, reach: float, owner: int, dash: int
+        self, centre: np.ndarray, reach: float, owner: int, dash: int, skip: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """(xy (n, 2), radius (n,)) of the points within ``reach`` (max-norm) of ``centre`` that
         dash ``dash`` of path ``owner`` must keep clear of: other paths' points, and its own
-        before dash ``dash`` - 2 (consecutive dashes cannot meet)."""
+        before dash ``dash`` - ``skip`` (consecutive dashes cannot meet)."""
         n = self.n
-        sel = (self.owner[:n] != owner) | (self.dash[:n] < dash - _SKIP_OWN)
+        sel = (self.owner[:n] != owner) | (self.dash[:n] < dash - skip)
         sel &= (np.abs(self.xy[:n] - centre) < reach).all(axis=1)
         return self.xy[:n][sel], self.radius[:n][sel]
 
@@ -302,7 +343,7 @@ def _place_dash(rng: np.random.Generator, spec: PathfinderSpec, pts: _Points, pa
         return False
     step = spec.gap_length + spec.dash_length
     reach = length + step + max(r, end_r or 0.0) + spec.min_gap + spec.marker_radius
-    obs, obs_r = pts.obstacles(tail, reach, path.owner, k)
+    obs, obs_r = pts.obstacles(tail, reach, path.owner, k, spec.own_skip)
     # room ahead: the free distance around each end, to the walls and to the obstacles
     room = np.minimum(end - lo, spec.resolution - lo - end).min(axis=1)  # (T,)
     if len(obs):
@@ -432,9 +473,20 @@ def _rng(seed: int, spec: PathfinderSpec, key: tuple[int, ...]) -> np.random.Gen
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=key))
 
 
-def balanced_labels(num: int, seed: int, spec: PathfinderSpec) -> np.ndarray:
-    """(num,) int64: a seeded permutation of 0, 1, 0, 1, … (counts differ by at most one)."""
-    return _rng(seed, spec, (0,)).permutation(np.arange(num) % 2).astype(np.int64)
+def random_labels(num: int, seed: int, spec: PathfinderSpec) -> np.ndarray:
+    """(num,) int64: label i is 1 when the i-th uniform draw is < 1/2 (Bernoulli(1/2) per
+    image, not balanced; the first n labels do not depend on ``num``)."""
+    return (_rng(seed, spec, (0,)).random(num) < 0.5).astype(np.int64)
+
+
+def _joined_in_pixels(
+    paths: Sequence[np.ndarray], markers: np.ndarray, spec: PathfinderSpec
+) -> bool:
+    """Whether the two markers lie in one 8-connected blob of lit pixels of the image."""
+    image = render(Scene(paths=tuple(paths), markers=markers, label=0), spec)
+    blobs, _ = ndimage.label(image > _LIT, structure=_EIGHT)
+    a, b = (blobs[tuple(np.floor(m).astype(int))] for m in markers)
+    return bool(a) and a == b
 
 
 def sample_scene(spec: PathfinderSpec, seed: int, index: int, label: int) -> Scene:
@@ -448,20 +500,22 @@ def sample_scene(spec: PathfinderSpec, seed: int, index: int, label: int) -> Sce
     for _ in range(spec.max_restarts):
         pts.n = 0
         targets = _targets(rng, spec, pts)
-        if targets is not None:
+        if targets is None:
+            continue
+        paths = list(targets)
+        for d in range(spec.num_distractors):
+            path = _distractor(rng, spec, pts, owner=2 + d)
+            if path is not None:
+                paths.append(path)
+        same, cross = _marker_pairs(targets)
+        if not _joined_in_pixels(paths, np.stack(cross), spec):
             break
     else:
         raise RuntimeError(
-            f"could not place two paths of {spec.contour_length} dashes in a "
+            f"could not place two separate paths of {spec.contour_length} dashes in a "
             f"{spec.resolution}x{spec.resolution} image after {spec.max_restarts} attempts; "
             f"use a shorter contour_length, dash_length or gap_length"
         )
-    paths = list(targets)
-    for d in range(spec.num_distractors):
-        path = _distractor(rng, spec, pts, owner=2 + d)
-        if path is not None:
-            paths.append(path)
-    same, cross = _marker_pairs(targets)
     markers = same if label == 1 else cross
     return Scene(paths=tuple(paths), markers=np.stack(markers), label=label)
 
@@ -469,11 +523,11 @@ def sample_scene(spec: PathfinderSpec, seed: int, index: int, label: int) -> Sce
 def generate_scenes(
     num: int, spec: PathfinderSpec, seed: int = 0, start: int = 0, stop: int | None = None
 ) -> list[Scene]:
-    """Scenes ``start..stop`` of the ``num``-image dataset (labels balanced over all num)."""
+    """Scenes ``start..stop`` of the ``num``-image dataset (labels from ``random_labels``)."""
     stop = num if stop is None else stop
     if not 0 <= start <= stop <= num:
         raise ValueError(f"need 0 <= start <= stop <= num, got {start}, {stop}, {num}")
-    labels = balanced_labels(num, seed, spec)
+    labels = random_labels(num, seed, spec)
     return [sample_scene(spec, seed, i, int(labels[i])) for i in range(start, stop)]
 
 
@@ -512,17 +566,19 @@ def _stamp_disc(canvas: np.ndarray, c: np.ndarray, radius: float) -> None:
 
 
 def render(scene: Scene, spec: PathfinderSpec) -> np.ndarray:
-    """(R, R) uint8: flat-ended dashes and marker discs at ``antialias``× supersampling, averaged
-    down."""
+    """(R, R) uint8: flat-ended dashes and marker discs at ``antialias``× supersampling,
+    downsampled with Pillow's Lanczos filter, negative lobes clipped, scaled so that the
+    brightest pixel is 255."""
     a, res = spec.antialias, spec.resolution
-    canvas = np.zeros((res * a, res * a), dtype=np.float32)
+    canvas = np.zeros((res * a, res * a), dtype=np.float32)  # (aR, aR) coverage 0 or 1
     for path in scene.paths:
         for p, q in path * a:
             _stamp_dash(canvas, p, q, spec.thickness * a / 2)
     for m in scene.markers * a:
         _stamp_disc(canvas, m, spec.marker_radius * a)
-    image = canvas.reshape(res, a, res, a).mean(axis=(1, 3))  # (R, R) coverage in [0, 1]
-    return np.rint(image * 255).astype(np.uint8)
+    small = Image.fromarray(canvas).resize((res, res), Image.Resampling.LANCZOS)
+    image = np.clip(np.asarray(small), 0.0, None)  # (R, R)
+    return np.rint(image * (255 / image.max())).astype(np.uint8)
 
 
 def generate(
@@ -680,7 +736,9 @@ def _metadata_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
 _LABEL = re.compile(r"[+-]?[0-9]+")
 
 
-def _read_row(folder: Path, fields: list[str]) -> tuple[np.ndarray | None, int, str | None]:
+def _read_row(
+    folder: Path, fields: list[str], resolution: int | None
+) -> tuple[np.ndarray | None, int, str | None]:
     """(image, label, None) for a good row, or (None, -1, problem)."""
     if len(fields) < 4:
         return (
@@ -698,24 +756,40 @@ def _read_row(folder: Path, fields: list[str]) -> tuple[np.ndarray | None, int, 
         return None, -1, f"image not found: {image_path}"
     try:
         with Image.open(image_path) as im:
-            image = np.asarray(im.convert("L"))
+            image = to_grey(im)
+    except PixelError as e:
+        return None, -1, f"image {image_path}: {e}"
     except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
         return None, -1, f"unreadable image {image_path}: {e}"
+    h, w = image.shape
+    if resolution is not None and (h, w) != (resolution, resolution):
+        hint = f"; set task.resolution: {h} for a {h}x{h} release" if h == w else ""
+        return (
+            None,
+            -1,
+            f"image {image_path} is {w}x{h}, expected {resolution}x{resolution} "
+            f"(task.resolution: {resolution}){hint}",
+        )
     return image, int(fields[3]), None
 
 
 def read_release(
-    root: str | os.PathLike, difficulty: str = "curv_baseline", on_bad_rows: str = "error"
+    root: str | os.PathLike,
+    difficulty: str = "curv_baseline",
+    on_bad_rows: str = "error",
+    resolution: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Read ``root/difficulty`` (``root`` is LRA's ``pathfinder32``-style folder) ->
     (images uint8 (N, R, R), labels int64 (N,), num_skipped), in metadata order (batches
     numerically, then rows).
 
     A row with fewer than 4 fields, a label that is not 0 or 1, a missing or unreadable image
-    (LRA's release has an empty ``curv_baseline/imgs/0/sample_172.png``) or an image whose size
-    differs from the first raises ValueError ``METADATA_FILE: row N: problem``, or with
-    ``on_bad_rows="skip"`` is skipped and counted. A missing folder is FileNotFoundError
-    naming the expected path."""
+    (LRA's release has an empty ``curv_baseline/imgs/0/sample_172.png``), a PNG whose mode
+    ``lk_study.tasks.image.to_grey`` refuses (alpha, 16-bit, ...), or an image that is not
+    ``resolution`` × ``resolution`` (None: square and the size of the first) raises
+    ValueError ``METADATA_FILE: row N: problem`` naming the PNG and the mode or size found,
+    or with ``on_bad_rows="skip"`` is skipped and counted. A missing folder is
+    FileNotFoundError naming the expected path."""
     if on_bad_rows not in ("error", "skip"):
         raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {on_bad_rows!r}")
     folder = Path(root) / difficulty
@@ -735,11 +809,16 @@ def read_release(
     skipped: list[str] = []
     for meta in meta_files:
         for row, fields in _metadata_rows(meta):
-            image, label, problem = _read_row(folder, fields)
+            image, label, problem = _read_row(folder, fields, resolution)
             if image is not None and images and image.shape != images[0].shape:
-                problem = f"image {fields[1]} is {image.shape}, the first image {images[0].shape}"
+                h, w = image.shape
+                problem = (
+                    f"image {folder / fields[0] / fields[1]} is {w}x{h}, the first image "
+                    f"{images[0].shape[1]}x{images[0].shape[0]}"
+                )
             elif image is not None and image.shape[0] != image.shape[1]:
-                problem = f"image {fields[1]} is {image.shape}, not square"
+                h, w = image.shape
+                problem = f"image {folder / fields[0] / fields[1]} is {w}x{h}, not square"
             if problem is None:
                 images.append(image)
                 labels.append(label)
@@ -811,12 +890,9 @@ class Pathfinder(AccuracyTask):
                     contour_length=DIFFICULTIES[cfg.difficulty],
                 )
             else:
-                images, labels, _ = read_release(cfg.source, cfg.difficulty, cfg.on_bad_rows)
-                if images.shape[1] != cfg.resolution:
-                    raise ValueError(
-                        f"{cfg.source}: images are {images.shape[1]}x{images.shape[2]}; "
-                        f"set task.resolution: {images.shape[1]}"
-                    )
+                images, labels, _ = read_release(
+                    cfg.source, cfg.difficulty, cfg.on_bad_rows, cfg.resolution
+                )
             n_train = max(1, int(round(len(labels) * (1 - cfg.val_fraction))))
             tokens = to_tokens(images)
             return {
