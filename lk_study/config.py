@@ -165,6 +165,14 @@ class ScalingConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "num_workers", "must be >= 1")
+        for name, amount in self.resources_per_worker.items():
+            _check(amount >= 0, "resources_per_worker", f"{name} = {amount} must be >= 0")
+        if self.use_gpu:
+            _check(
+                self.resources_per_worker.get("GPU", 1) > 0,
+                "resources_per_worker",
+                "GPU must be > 0 with use_gpu: true",
+            )
 
 
 @dataclass(frozen=True)
@@ -392,14 +400,19 @@ def _coerce(value: Any, tp: Any, dotted: str, where: _Where) -> Any:
             return int(value)
         raise bad
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise bad from None
-        raise bad
+        if number is None:
+            raise bad
+        if not math.isfinite(number):
+            raise ConfigError(f"{where(dotted)}: {dotted} = {value!r} must be a finite number")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -627,8 +640,15 @@ def _parse_param(
                 f"{where(f'{dotted}.when.{ck}')}: {dotted}.when refers to {ck!r}, which is not a "
                 f"searched key defined above it; searched so far: {', '.join(earlier) or 'none'}"
             )
-        conds.append((ck, tuple(cv if isinstance(cv, list) else [cv])))
+        values_of = tuple(cv if isinstance(cv, list) else [cv])
+        cwhere = _Where(where.source, {ck: where.lines.get(f"{dotted}.when.{ck}")})
+        for v in values_of:  # each value must be in its key's domain (catches typos)
+            with_overrides(base, {ck: v}, cwhere)
+        conds.append((ck, values_of))
     return Param(kind, tuple(checked), tuple(conds))
+
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def study_from_dict(
@@ -768,9 +788,15 @@ def study_from_dict(
             f"{where('optuna')}: the optuna section applies to searcher: optuna, "
             f"not {searcher}; remove it"
         )
+    name = _coerce(top["name"], str, "name", where)
+    if not STUDY_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"{where('name')}: name {name!r} must be a plain name (letters, digits, '_', '-', "
+            "'.'; no '/' or '..'): it names the study's folder under --storage"
+        )
     try:
         study = Study(
-            name=_coerce(top["name"], str, "name", where),
+            name=name,
             config=base,
             search=resolved,
             objective=_build(Objective, sections["objective"], "objective", where),
@@ -834,5 +860,12 @@ def load_study(
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such study file")
-    data, lines = _load_yaml(path.read_text(), str(path))
-    return study_from_dict(data, str(path), lines, overrides, smoke)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    data, lines = _load_yaml(text, str(path))
+    study = study_from_dict(data, str(path), lines, overrides, smoke)
+    if not smoke and isinstance(data, Mapping) and data.get("smoke"):
+        study_from_dict(data, f"{path} (smoke section)", lines, overrides, smoke=True)
+    return study

@@ -239,3 +239,37 @@ def test_plain_optuna_is_one_point():
     study = load_study(QUICKSTART)
     assert study.points() == [{}] and study.num_trials() == study.budget.num_samples
     assert study.optuna_space({}) == study.search
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: ../../escape\n", r"study.yaml:1: name '../../escape' must be a plain name"),
+        ("name: a/b\n", "must be a plain name"),
+        ("name: s\nconfig:\n  train: {lr: .inf}\n", r"study.yaml:3: config.train.lr = inf must"),
+        ("name: s\nconfig:\n  train: {lr: .nan}\n", "must be a finite number"),
+        (
+            "name: s\nconfig:\n  scaling: {resources_per_worker: {CPU: -1}}\n",
+            r"study.yaml:3: .*CPU = -1.0 must be >= 0",
+        ),
+        (
+            "name: s\nsearch:\n  kernel.name: {choice: [prf, gmm_prf]}\n"
+            "  kernel.num_components: {choice: [1, 2], when: {kernel.name: [gmm_prff]}}\n",
+            r"study.yaml:4: kernel.name: unknown kernel 'gmm_prff'",
+        ),
+        (
+            "name: s\nsmoke:\n  train.max_stpes: 3\n",
+            r"\(smoke section\).*did you mean 'train.max_steps'",
+        ),
+    ],
+)
+def test_study_files_no_run_can_honour_are_rejected_before_ray(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_study(write(tmp_path, text))
+
+
+def test_a_non_utf8_study_file_names_the_file(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_bytes(b"name: s\xff\n")
+    with pytest.raises(ConfigError, match=r"study.yaml: not UTF-8 text"):
+        load_study(path)
