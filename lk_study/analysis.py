@@ -14,6 +14,7 @@ From those, the papers' artefacts (figures for each in ``lk_study.plots``):
     feature_curve(study)    metric vs kernel.num_features per family, over seeds
     efficiency(csv)         ``lk-study bench attention`` CSV + time/memory ratios to sdpa
     spectrum(checkpoint)    learned spectral parameters per layer/head, kernel vs distance
+                            (lk_study.spectra; resolved lazily here, torch only then)
     param_importance(study) Optuna fANOVA importance of the searched parameters
 """
 
@@ -22,64 +23,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.fs as pafs
 
-STUDY_FILE = "lk_study.json"
-TRIALS_FILE = "trials.parquet"
-_TUNE_META = {
-    "timestamp",
-    "checkpoint_dir_name",
-    "done",
-    "training_iteration",
-    "trial_id",
-    "date",
-    "time_this_iter_s",
-    "time_total_s",
-    "pid",
-    "hostname",
-    "node_ip",
-    "config",
-    "time_since_restore",
-    "iterations_since_restore",
-    "checkpoint_path",
-}
+from lk_study import storage
 
-
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(uri)
-
-
-def exists(uri: str) -> bool:
-    fs, path = _fs(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def read_text(uri: str, name: str) -> str | None:
-    fs, root = _fs(uri)
-    path = f"{root.rstrip('/')}/{name}"
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
-
-
-def read_json(uri: str, name: str) -> Any:
-    text = read_text(uri, name)
-    return None if text is None else json.loads(text)
-
-
-def write_json(uri: str, name: str, obj: Any) -> None:
-    fs, root = _fs(uri)
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root.rstrip('/')}/{name}") as f:
-        f.write(json.dumps(obj, indent=1, sort_keys=True).encode())
+STUDY_FILE = storage.STUDY_FILE
+TRIALS_FILE = storage.TRIALS_FILE
+_TUNE_META = storage.TUNE_META
+_fs = storage.filesystem  # the names tune.py and older notebooks used
+exists = storage.exists
+read_text = storage.read_text
+read_json = storage.read_json
+write_json = storage.write_json
+write_trials = storage.write_trials
+newest_checkpoint = storage.newest_checkpoint
+error_reason = storage.error_reason
+_statuses = storage.statuses
 
 
 def lower_is_better(metric: str) -> bool:
@@ -105,34 +69,6 @@ class StudyResults:
         )
 
 
-def _statuses(uri: str) -> dict[str, str]:
-    """trial_id -> Tune status, from Tune's experiment state file (newest)."""
-    fs, root = _fs(uri)
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    states = sorted(i.path for i in infos if re.search(r"experiment_state.*\.json$", i.base_name))
-    if not states:
-        return {}
-    with fs.open_input_stream(states[-1]) as f:
-        state = json.loads(f.read().decode())
-    out = {}
-    for entry in state.get("trial_data", []):
-        meta = entry[0] if isinstance(entry, list) else entry
-        meta = json.loads(meta) if isinstance(meta, str) else meta
-        tid = meta.get("trial_id")
-        if tid:
-            out[tid] = meta.get("status", "UNKNOWN")
-    return out
-
-
-def error_reason(text: str) -> str:
-    """The last line of a Tune error file that names an exception (the reason a trial failed)."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if re.match(r"^[\w.]+(Error|Exception)\b", line):
-            return line
-    return lines[-1] if lines else ""
-
-
 def load_study(path: str | Path) -> StudyResults:
     """Read a study folder (see module docstring)."""
     from lk_study.config import siblings
@@ -142,21 +78,19 @@ def load_study(path: str | Path) -> StudyResults:
     meta = read_json(uri, STUDY_FILE)
     if meta is None:
         raise FileNotFoundError(f"{path}: not an lk_study study folder (no {STUDY_FILE})")
-    fs, root = _fs(uri)
-    statuses = _statuses(uri)
+    statuses = storage.statuses(uri)
     base = meta["config"]
     rows, curves = [], []
-    for info in fs.get_file_info(pafs.FileSelector(root)):
-        if info.type != pafs.FileType.Directory:
-            continue
-        params_text = read_text(f"{uri.rstrip('/')}/{info.base_name}", "params.json")
+    for name in storage.subfolders(uri):
+        folder = storage.join(uri, name)
+        params_text = read_text(folder, "params.json")
         if params_text is None:
             continue
         params = json.loads(params_text)
         params = params.get("point", params)  # grid/random studies: one dict per trial
-        result_text = read_text(f"{uri.rstrip('/')}/{info.base_name}", "result.json") or ""
+        result_text = read_text(folder, "result.json") or ""
         reports = [json.loads(line) for line in result_text.splitlines() if line.strip()]
-        tid = reports[-1]["trial_id"] if reports else info.base_name.split("_")[2]
+        tid = reports[-1]["trial_id"] if reports else name.split("_")[2]
         row: dict[str, Any] = {"trial_id": tid, "status": statuses.get(tid, "PENDING")}
         task = params.get("task.name", base.get("task.name"))
         if task == base.get("task.name") or siblings(task, base.get("task.name")):
@@ -175,23 +109,15 @@ def load_study(path: str | Path) -> StudyResults:
             values = [r[key] for r in reports if isinstance(r.get(key), (int, float))]
             if values:
                 row[f"best.{key}"] = min(values) if lower_is_better(key) else max(values)
-        error = read_text(f"{uri.rstrip('/')}/{info.base_name}", "error.txt")
+        error = read_text(folder, "error.txt")
         row["error"] = error_reason(error) if error else None
         row["checkpoint_path"] = last.get("checkpoint_path")
-        row["trial_dir"] = info.base_name
+        row["trial_dir"] = name
         rows.append(row)
     trials = pd.DataFrame(rows)
     if not trials.empty:
         trials = trials.sort_values("trial_id").reset_index(drop=True)
     return StudyResults(uri, trials, pd.DataFrame(curves), meta["objective"])
-
-
-def write_trials(trials: pd.DataFrame, uri: str, name: str = TRIALS_FILE) -> str:
-    """Write the trials table as Parquet into the study folder; returns its location."""
-    fs, root = _fs(uri)
-    target = f"{root.rstrip('/')}/{name}"
-    trials.to_parquet(target, filesystem=fs, index=False)
-    return target if "://" not in uri else f"{uri.rstrip('/')}/{name}"
 
 
 def format_leaderboard(results: StudyResults, top: int = 20, fmt: str = "text") -> str:
@@ -651,224 +577,55 @@ def efficiency_table(
     return table
 
 
-# ---------------------------------------------------------------------------- learned spectra
+# ---------------------------------------------------------------------------- checkpoints
+#
+# The learned spectra themselves (``spectrum``, ``Spectrum``) live in lk_study.spectra (torch);
+# ``analysis.spectrum`` etc. still resolve, lazily (``__getattr__`` below).
 
-SPECTRUM_SAMPLES = 1024  # noise vectors pushed through each layer's learned spectral map
-DISTANCES = tuple(i * 0.05 for i in range(61))  # 0 .. 3 in the kernel's scaled space
-
-
-@dataclass
-class Spectrum:
-    """What a checkpoint's attention kernels learned (see ``spectrum``).
-
-    kernel: the family (``kernel.name``); step: the checkpoint's training step.
-    params: per layer, the family's spectral parameters as numpy arrays, first axis the head:
-        gmm_*        mu (H, C, d), cov (H, C, d, d), weights (H, C)
-        fastfood_*   S (H, K, n), G (H, K, n), B (H, K, n)   (K blocks of n = 2^⌈log2 d⌉)
-        generator_*  eps (H, N, d) the fixed noise sample, omega (H, N, d) = g_θ(eps)
-        others       {} (nothing is learned)
-    omega, omega_init: per layer (H, N, d), frequencies for the same fixed noise sample
-        through the learned and the initial spectral parameters (empty for softmax, elu).
-    curve: one row per (layer, head, distance): ``learned`` = exact_kernel(x, y) along a line,
-        ``init`` = the same family at its initialisation, ``rbf`` = exp(−r²/2); see ``spectrum``.
-    """
-
-    kernel: str
-    step: int
-    params: list[dict[str, Any]]
-    omega: list[Any]
-    omega_init: list[Any]
-    curve: pd.DataFrame
-    config: Any = field(repr=False, default=None)
+_LAZY = {  # old names of this module -> the torch module that now holds them
+    "Spectrum": "lk_study.spectra",
+    "spectrum": "lk_study.spectra",
+    "SPECTRUM_SAMPLES": "lk_study.spectra",
+    "DISTANCES": "lk_study.spectra",
+    "checkpoint_state": "lk_study.checkpoints",
+}
 
 
-def _line(head_dim: int, num_heads: int, distances, seed: int):
-    """x = 0 and y = r d^(1/4) u for a fixed unit vector u (B=1, H, T=1 / S=len(r), d), so the
-    kernels' scaled inputs x' = x / d^(1/4) are 0 and r u: ‖x' − y'‖ = r."""
-    import torch
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
 
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randn(head_dim, generator=g, dtype=torch.float64)
-    u = u / u.norm()
-    r = torch.as_tensor(list(distances), dtype=torch.float64)
-    y = (r[:, None] * head_dim**0.25 * u).expand(1, num_heads, -1, -1)
-    x = torch.zeros(1, num_heads, 1, head_dim)
-    return x, y.contiguous().float(), r
-
-
-def _spectral_samples(kern, eps, gen):
-    """Frequencies (H, N, d) of ``kern`` for the fixed noise ``eps`` (H, N, d); None for
-    kernels without frequencies."""
-    import torch
-
-    from lk_study.kernels.fastfood import FastFoodFeatures
-    from lk_study.kernels.generator import GeneratorFeatures
-    from lk_study.kernels.gmm import GaussianMixtureFeatures
-    from lk_study.kernels.prf import GaussianFeatures
-
-    with torch.no_grad():
-        if isinstance(kern, GaussianMixtureFeatures):
-            pi = torch.softmax(kern.logits.double(), -1)  # (H, C)
-            comp = torch.multinomial(pi, eps.shape[1], replacement=True, generator=gen)  # (H, N)
-            heads = torch.arange(kern.num_heads)[:, None]
-            L = kern.cholesky().double()[heads, comp]  # (H, N, d, d)
-            return kern.mu.double()[heads, comp] + torch.einsum("hnde,hne->hnd", L, eps)
-        if isinstance(kern, GeneratorFeatures):
-            return kern.generate(eps.to(kern.w1.dtype)).double()
-        if isinstance(kern, FastFoodFeatures):
-            draws = math.ceil(eps.shape[1] / kern.num_frequencies)
-            omega = kern.frequencies_for(kern.draw_permutations(gen, draws)).double()
-            return omega[:, : eps.shape[1]]
-        if isinstance(kern, GaussianFeatures):
-            return eps
-    return None
-
-
-def _family_params(kern, eps) -> dict[str, Any]:
-    """The learned spectral parameters of one layer's kernel, as numpy (first axis: head)."""
-    import torch
-
-    from lk_study.kernels.fastfood import FastFoodFeatures
-    from lk_study.kernels.generator import GeneratorFeatures
-    from lk_study.kernels.gmm import GaussianMixtureFeatures
-
-    with torch.no_grad():
-        if isinstance(kern, GaussianMixtureFeatures):
-            L = kern.cholesky().double()
-            return {
-                "mu": kern.mu.double().numpy(),
-                "cov": (L @ L.transpose(-2, -1)).numpy(),
-                "weights": torch.softmax(kern.logits.double(), -1).numpy(),
-            }
-        if isinstance(kern, FastFoodFeatures):
-            return {
-                "S": kern.row_scale.double().numpy(),
-                "G": kern.gauss.double().numpy(),
-                "B": kern.signs.double().numpy(),
-            }
-        if isinstance(kern, GeneratorFeatures):
-            return {
-                "eps": eps.numpy(),
-                "omega": kern.generate(eps.to(kern.w1.dtype)).double().numpy(),
-            }
-    return {}
-
-
-def checkpoint_state(path: str | Path) -> tuple[Path, dict]:
-    """Read a training checkpoint: a state.pt file, a checkpoint folder, or a Train run folder
-    (``train_runs/train-<trial_id>``: its newest ``checkpoint_*``)."""
-    import torch
-
-    from lk_study.models.mlm import checkpoint_file
-
-    file = checkpoint_file(path)
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{file}: not an lk_study training checkpoint (no 'model' or 'config')")
-    return file, state
-
-
-def spectrum(
-    checkpoint: str | Path,
-    distances=DISTANCES,
-    samples: int = SPECTRUM_SAMPLES,
-    seed: int = 0,
-) -> Spectrum:
-    """The learned spectral distributions of a checkpoint's attention kernels, per layer/head.
-
-    Builds the model from the checkpoint's config (``lk_study.train.build_model``), loads its
-    weights, and for every layer reports the family's parameters, frequencies for a fixed
-    noise sample (``samples`` vectors from ``seed``) through the learned and the initial
-    parameters, and the kernel along a line: x = 0, y = r·d^(1/4)·u for a fixed unit u, so
-    that in the kernels' scaled space ‖x' − y'‖ = r; ``learned`` is the loaded kernel's
-    ``exact_kernel(x, y)``, ``init`` the same family freshly built (the kernel training
-    started from: RBF exp(−r²/2) for the RKS and GMM/generator PRF families, exp(x'·y') = 1
-    on this line for prf/fastfood_prf/softmax), ``rbf`` = exp(−r²/2).
-    """
-    import torch
-
-    from lk_study.config import config_from_dict
-    from lk_study.kernels import FeatureMap, build_kernel, family_params
-    from lk_study.kernels.base import gaussian_noise
-    from lk_study.train import build_model
-
-    file, state = checkpoint_state(checkpoint)
-    cfg = config_from_dict(state["config"], str(file))
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
-    k, m = cfg.kernel, cfg.model
-    d, h = m.d_model // m.num_heads, m.num_heads
-    family = {p: getattr(k, p) for p in family_params(k.name) if hasattr(k, p)}
-    init = build_kernel(k.name, d, h, k.num_features, **family)
-    x, y, r = _line(d, h, distances, seed)
-    eps = gaussian_noise(torch.Generator().manual_seed(seed), h, samples, d).double()
-    layers = [mod for mod in model.modules() if isinstance(mod, FeatureMap)]
-    with torch.no_grad():
-        k_init = init.exact_kernel(x, y)[0, :, 0].numpy()  # (H, R)
-        omega_init = _spectral_samples(init, eps, torch.Generator().manual_seed(seed + 1))
-    params, omegas, rows = [], [], []
-    for i, kern in enumerate(layers):
-        with torch.no_grad():
-            learned = kern.exact_kernel(x, y)[0, :, 0].numpy()  # (H, R)
-        params.append(_family_params(kern, eps))
-        omega = _spectral_samples(kern, eps, torch.Generator().manual_seed(seed + 1))
-        omegas.append(None if omega is None else omega.numpy())
-        for head in range(h):
-            rows.append(
-                pd.DataFrame(
-                    {
-                        "layer": i,
-                        "head": head,
-                        "distance": r.numpy(),
-                        "learned": learned[head],
-                        "init": k_init[head],
-                        "rbf": torch.exp(-0.5 * r**2).numpy(),
-                    }
-                )
-            )
-    init_np = None if omega_init is None else omega_init.numpy()
-    return Spectrum(
-        kernel=k.name,
-        step=int(state.get("step", 0)),
-        params=params,
-        omega=omegas,
-        omega_init=[init_np] * len(layers),
-        curve=pd.concat(rows, ignore_index=True),
-        config=cfg,
-    )
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def trial_checkpoint(study: StudyResults, trial_id: str) -> str:
     """The Train run folder of a trial (``STUDY/train_runs/train-<trial_id>``), which
     ``spectrum`` and ``checkpoint_state`` accept."""
-    return f"{study.path.rstrip('/')}/train_runs/train-{trial_id}"
-
-
-def newest_checkpoint(run: str) -> str | None:
-    """The newest ``checkpoint_*`` folder of a Train run folder (path or URI), or None."""
-    fs, root = _fs(run)
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    names = sorted(
-        i.base_name
-        for i in infos
-        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
-    )
-    return f"{run.rstrip('/')}/{names[-1]}" if names else None
+    return storage.trial_run(study.path, trial_id)
 
 
 def best_checkpoint(study: StudyResults, learned: bool = True) -> str:
     """The checkpoint of the best trial on the study objective; with ``learned``, the best
-    among kernels with learned spectral parameters (gmm_*, fastfood_*, generator_*)."""
+    among kernels with learned spectral parameters (a registry class with ``learned``:
+    gmm_*, fastfood_*, generator_*)."""
     board = study.leaderboard()
     if learned and "kernel.name" in board:
-        board = board[board["kernel.name"].astype(str).str.startswith(LEARNED_FAMILIES)]
+        board = board[board["kernel.name"].astype(str).map(is_learned).astype(bool)]
     if board.empty:
         what = "with a learned kernel " if learned else ""
         raise NoResults(f"{study.path}: no trial {what}to read a checkpoint from")
     return trial_checkpoint(study, board.iloc[0]["trial_id"])
 
 
-LEARNED_FAMILIES = ("gmm_", "fastfood_", "generator_")
+def is_learned(kernel: str) -> bool:
+    """Whether registry family ``kernel`` learns its spectral distribution (``learned``)."""
+    from lk_study.kernels import KERNELS
+
+    cls = KERNELS.get(kernel)
+    return bool(cls is not None and cls.learned)
+
+
 ENCODER_SHAPE_KEYS = ("model.d_model", "model.num_layers", "model.num_heads", "model.d_ff")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,10 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from lk_study import analysis
-from lk_study.analysis import GlueTable, NoResults, SeedTable, Spectrum, StudyResults
+from lk_study.analysis import GlueTable, NoResults, SeedTable, StudyResults
+
+if TYPE_CHECKING:
+    from lk_study.spectra import Spectrum
 
 WIDTH = 6.4  # inches per panel
 
@@ -297,7 +300,7 @@ def save_figures(study: StudyResults, out_dir: str | Path, log: Any = print) -> 
         "glue": lambda: plot_glue(analysis.glue_table(study)),
         "importance": lambda: plot_importance(analysis.param_importance(study)),
         "parallel": lambda: plot_parallel(study),
-        "spectrum": lambda: plot_spectrum(analysis.spectrum(analysis.best_checkpoint(study))),
+        "spectrum": lambda: plot_spectrum(_spectrum(analysis.best_checkpoint(study))),
     }
     written = {}
     for name, make in makers.items():
@@ -310,3 +313,9 @@ def save_figures(study: StudyResults, out_dir: str | Path, log: Any = print) -> 
         written[name] = path = out / f"{name}.png"
         log(f"  {name}: {path}")
     return written
+
+
+def _spectrum(checkpoint: str) -> Spectrum:
+    from lk_study.spectra import spectrum
+
+    return spectrum(checkpoint)

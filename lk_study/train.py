@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lk_study import models
+from lk_study.checkpoints import CHECKPOINT_FILE, load_encoder
 from lk_study.config import (
     FILE_KEYS,
     Config,
@@ -34,39 +36,12 @@ from lk_study.config import (
     to_dict,
     with_overrides,
 )
-from lk_study.kernels import kernel_from_config
-from lk_study.models import Classifier, DualClassifier, Encoder, Regressor
-from lk_study.models.mlm import MaskedLM, load_encoder
 from lk_study.tasks import Split, get_task, prepare
 
-CHECKPOINT_FILE = "state.pt"
 
-
-def build_model(cfg: Config) -> Classifier:
-    """The model for ``cfg``: encoder sized by cfg.model, kernel from the registry, the task's
-    head (classify, regress or dual)."""
-    task = get_task(cfg.task.name)
-    m = cfg.model
-    make_kernel = functools.partial(
-        kernel_from_config, cfg.kernel, m.d_model // m.num_heads, m.num_heads
-    )
-    encoder = Encoder(
-        task.vocab_size(cfg.task),
-        task.max_len(cfg.task),
-        m.d_model,
-        m.num_layers,
-        m.num_heads,
-        m.d_ff,
-        m.dropout,
-        make_kernel,
-    )
-    if task.head == "mlm":
-        return MaskedLM(encoder)
-    if task.head == "regress":
-        return Regressor(encoder, m.dropout)
-    if task.head == "dual":
-        return DualClassifier(encoder, task.num_outputs(cfg.task), m.dropout, m.dual_combine)
-    return Classifier(encoder, task.num_outputs(cfg.task), m.dropout)
+def build_model(cfg: Config) -> torch.nn.Module:
+    """The model for ``cfg`` and its task (``lk_study.models.build_model``)."""
+    return models.build_model(cfg, get_task(cfg.task.name))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -32,6 +32,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from lk_study import analysis
+from lk_study import storage as study_files  # (``storage`` is the --storage argument here)
 from lk_study.config import (
     STUDY_REF,
     Config,
@@ -143,12 +144,12 @@ def resolve_refs(cfg: Config, root: str, studies: dict | None = None) -> Config:
         except analysis.NoResults as e:
             raise ConfigError(f"{where}: {e}") from None
         if (key, name, trial) not in studies:
-            ckpt = analysis.newest_checkpoint(analysis.trial_checkpoint(studies[name], trial))
+            ckpt = study_files.newest_checkpoint(study_files.trial_run(studies[name].path, trial))
             if ckpt is None:
                 raise ConfigError(f"{where}: trial {trial} of {name} saved no checkpoint")
             if key == "task.tokenizer":
                 ckpt = f"{ckpt}/tokenizer.json"
-                if not analysis.exists(ckpt):
+                if not study_files.exists(ckpt):
                     raise ConfigError(f"{where}: {ckpt} does not exist (that task saves none)")
             studies[key, name, trial] = ckpt
         resolved[key] = studies[key, name, trial]
@@ -279,7 +280,7 @@ def check_writable(exp_path: str) -> None:
     """Preflight: create the study folder and write, read back and delete a probe file."""
     probe = f"{exp_path.rstrip('/')}/.lk_study_probe"
     try:
-        fs, path = analysis._fs(probe)
+        fs, path = study_files.filesystem(probe)
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as f:
             f.write(b"ok")
@@ -307,7 +308,7 @@ def run_study(
     root = storage_uri(storage)
     exp_path = f"{root.rstrip('/')}/{study.name}"
     record = study_record(study)
-    previous = analysis.read_json(exp_path, analysis.STUDY_FILE)
+    previous = study_files.read_json(exp_path, study_files.STUDY_FILE)
     if previous is not None and json.loads(json.dumps(previous)) != json.loads(json.dumps(record)):
         raise ConfigError(
             f"{exp_path} holds a different study named {study.name!r} (its config or search "
@@ -337,7 +338,7 @@ def run_study(
             exp_path, trainable, resume_unfinished=True, resume_errored=retry_errored
         )
     else:
-        analysis.write_json(exp_path, analysis.STUDY_FILE, record)
+        study_files.write_json(exp_path, study_files.STUDY_FILE, record)
         obj = study.objective
         n = concurrency(study, ray.cluster_resources())
         if study.searcher == "optuna":
@@ -379,7 +380,7 @@ def run_study(
     if started:
         ray.shutdown()  # flush worker logs before the leaderboard
     table = analysis.load_study(exp_path)
-    out = analysis.write_trials(table.trials, exp_path)
+    out = study_files.write_trials(table.trials, exp_path)
     print()
     print(analysis.format_leaderboard(table))
     print(f"\nResults table: {out}")
@@ -408,9 +409,9 @@ def study_from_record(record: dict) -> Study:
 def resume_study(path: str, address: str | None = None, retry_errored: bool = False) -> str:
     """Resume the study in folder (or URI) ``path`` (``lk-study resume PATH``)."""
     uri = path if "://" in path else os.path.abspath(path)
-    record = analysis.read_json(uri, analysis.STUDY_FILE)
+    record = study_files.read_json(uri, study_files.STUDY_FILE)
     if record is None:
-        raise ConfigError(f"{path}: not a study folder (no {analysis.STUDY_FILE})")
+        raise ConfigError(f"{path}: not a study folder (no {study_files.STUDY_FILE})")
     root, _, folder = uri.rstrip("/").rpartition("/")
     if folder != record["name"]:
         raise ConfigError(

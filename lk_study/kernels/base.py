@@ -45,9 +45,12 @@ class FeatureMap(nn.Module):
         positive: True if φ > 0 and ``log_features`` exists (attention is then computed in log
             space and is an exact convex combination of the values, lk_study.attention).
         den_floor: c of the signed maps' normaliser floor (lk_study.attention); 0 for others.
+        learned: True for families whose spectral distribution is trained (gmm_*,
+            fastfood_*, generator_*): ``spectral_params`` is then non-empty.
     """
 
     exact_attention = False
+    learned = False
     positive = False
     den_floor = 0.0
     math = ""  # one line: the feature map and the kernel it estimates
@@ -70,6 +73,18 @@ class FeatureMap(nn.Module):
     def exact_kernel(self, x: Tensor, y: Tensor) -> Tensor:
         """(B, H, T, d), (B, H, S, d) -> (B, H, T, S): the kernel that φ(x)·φ(y) estimates."""
         raise NotImplementedError
+
+    def spectral_params(self, noise: Tensor | None = None) -> dict[str, Tensor]:
+        """The learned spectral parameters, float64, first axis the head (lk_study.spectra).
+        ``noise`` (H, N, d): a fixed noise sample, for families whose parameters act on
+        noise (generator_*). Default: {} (nothing is learned)."""
+        return {}
+
+    def spectral_samples(self, noise: Tensor, generator: torch.Generator) -> Tensor | None:
+        """Frequencies (H, N, d), float64, for the fixed noise sample ``noise`` (H, N, d) and
+        any further randomness from ``generator`` (lk_study.spectra). Default: None (the
+        kernel has no frequencies)."""
+        return None
 
 
 def gaussian_noise(

@@ -111,6 +111,8 @@ def fastfood_transform(
 class FastFoodFeatures(RandomFeatureMap):
     """Frequencies from stacked FastFood blocks with learned S, G, B, through ``component``."""
 
+    learned = True
+
     def __init__(
         self,
         head_dim: int,
@@ -168,6 +170,21 @@ class FastFoodFeatures(RandomFeatureMap):
         m = self.num_frequencies
         log_w = torch.full((self.num_heads, m), -math.log(m), device=self.perm.device)
         return self.frequencies_for(self.perm), log_w
+
+    def spectral_params(self, noise: Tensor | None = None) -> dict[str, Tensor]:
+        """S, G, B (H, K, n): the learned diagonals."""
+        return {
+            "S": self.row_scale.double(),
+            "G": self.gauss.double(),
+            "B": self.signs.double(),
+        }
+
+    def spectral_samples(self, noise: Tensor, generator: torch.Generator) -> Tensor:
+        """N = noise.shape[1] frequencies from fresh permutations drawn from ``generator`` (the
+        family's randomness is Π, not Gaussian noise)."""
+        draws = math.ceil(noise.shape[1] / self.num_frequencies)
+        omega = self.frequencies_for(self.draw_permutations(generator, draws)).double()
+        return omega[:, : noise.shape[1]]
 
     def exact_kernel(self, x: Tensor, y: Tensor) -> Tensor:
         """(B, H, T, d), (B, H, S, d) -> (B, H, T, S) for the current S, G, B.

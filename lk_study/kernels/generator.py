@@ -59,6 +59,7 @@ BOUNDS = ("none", "tanh")
 
 
 class GeneratorFeatures(RandomFeatureMap):
+    learned = True
     """Frequencies ω = g_θ(ε) from a per-head residual MLP, through ``component``."""
 
     def __init__(
@@ -115,6 +116,14 @@ class GeneratorFeatures(RandomFeatureMap):
         m = self.num_frequencies
         log_w = torch.full((self.num_heads, m), -math.log(m), device=self.eps.device)
         return self.generate(self.eps), log_w
+
+    def spectral_params(self, noise: Tensor | None = None) -> dict[str, Tensor]:
+        """eps (H, N, d) the noise sample (default: the current draw), omega = g_θ(eps)."""
+        eps = self.eps if noise is None else noise
+        return {"eps": eps.double(), "omega": self.generate(eps.to(self.w1.dtype)).double()}
+
+    def spectral_samples(self, noise: Tensor, generator: torch.Generator) -> Tensor:
+        return self.generate(noise.to(self.w1.dtype)).double()
 
     def exact_kernel(self, x: Tensor, y: Tensor) -> Tensor:
         """(B, H, T, d), (B, H, S, d) -> (B, H, T, S) for the current θ.

@@ -45,6 +45,8 @@ COVARIANCES = ("diag", "full")
 
 
 class GaussianMixtureFeatures(RandomFeatureMap):
+    learned = True
+
     def __init__(
         self,
         head_dim: int,
@@ -132,6 +134,23 @@ class GaussianMixtureFeatures(RandomFeatureMap):
         return self.component.exact(
             torch.log_softmax(self.logits, -1), self.mu, cov, self.scale(x), self.scale(y)
         )
+
+    def spectral_params(self, noise: Tensor | None = None) -> dict[str, Tensor]:
+        """mu (H, C, d), cov Σ = L Lᵀ (H, C, d, d), weights π (H, C)."""
+        L = self.cholesky().double()
+        return {
+            "mu": self.mu.double(),
+            "cov": L @ L.transpose(-2, -1),
+            "weights": torch.softmax(self.logits.double(), -1),
+        }
+
+    def spectral_samples(self, noise: Tensor, generator: torch.Generator) -> Tensor:
+        """ω = μ_c + L_c ε with components c ~ π drawn from ``generator``."""
+        pi = torch.softmax(self.logits.double(), -1)  # (H, C)
+        comp = torch.multinomial(pi, noise.shape[1], replacement=True, generator=generator)
+        heads = torch.arange(self.num_heads)[:, None]
+        L = self.cholesky().double()[heads, comp]  # (H, N, d, d)
+        return self.mu.double()[heads, comp] + torch.einsum("hnde,hne->hnd", L, noise)
 
 
 class GMMRKS(GaussianMixtureFeatures):

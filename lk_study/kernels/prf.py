@@ -55,6 +55,9 @@ class GaussianFeatures(RandomFeatureMap):
         log_w = torch.full((self.num_heads, m), -math.log(m), device=self.omega.device)
         return self.omega, log_w
 
+    def spectral_samples(self, noise: Tensor, generator: torch.Generator) -> Tensor:
+        return noise  # ω ~ N(0, I): the noise itself
+
 
 class PRF(GaussianFeatures):
     math = "φ = √(1/M)[exp(Wx'−‖x'‖²/2), exp(−Wx'−‖x'‖²/2)], W orthogonal -> exp(x'·y')"

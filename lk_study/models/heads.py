@@ -17,6 +17,8 @@ defines
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +32,11 @@ class Classifier(nn.Module):
         self.encoder = encoder
         d = encoder.cls.shape[0]
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, num_classes))
+
+    @classmethod
+    def build(cls, encoder: Encoder, cfg: Any, task: Any) -> Classifier:
+        """The head for run config ``cfg`` and its task entry (``lk_study.models.build_model``)."""
+        return cls(encoder, task.num_outputs(cfg.task), cfg.model.dropout)
 
     def forward(self, batch: dict) -> Tensor:
         return self.head(self.encoder(batch["ids"])[:, 0])
@@ -52,6 +59,10 @@ class Classifier(nn.Module):
 class Regressor(Classifier):
     def __init__(self, encoder: Encoder, dropout: float) -> None:
         super().__init__(encoder, 1, dropout)
+
+    @classmethod
+    def build(cls, encoder: Encoder, cfg: Any, task: Any) -> Regressor:
+        return cls(encoder, cfg.model.dropout)
 
     def forward(self, batch: dict) -> Tensor:
         return super().forward(batch).squeeze(-1)
@@ -82,6 +93,11 @@ class DualClassifier(Classifier):
         self.head = nn.Sequential(
             nn.Linear(width, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, num_classes)
         )
+
+    @classmethod
+    def build(cls, encoder: Encoder, cfg: Any, task: Any) -> DualClassifier:
+        m = cfg.model
+        return cls(encoder, task.num_outputs(cfg.task), m.dropout, m.dual_combine)
 
     def forward(self, batch: dict) -> Tensor:
         z1 = self.encoder(batch["ids"])[:, 0]  # (B, D)

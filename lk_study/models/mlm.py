@@ -1,4 +1,5 @@
-"""Masked-LM head (BERT) and loading a pre-trained encoder into any head.
+"""Masked-LM head (BERT); ``load_encoder`` (re-exported from lk_study.checkpoints) loads a
+pre-trained encoder into any head.
 
     hidden states (B, T+1, D) --drop row 0 ([CLS])--> h (B, T, D)
     --gather the N target positions (label ≠ IGNORE)--> (N, D)
@@ -23,17 +24,18 @@ Interface of ``lk_study.models.heads`` (so ``lk_study.train`` runs it unchanged)
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lk_study.checkpoints import CHECKPOINT_FILE, checkpoint_file, load_encoder
 from lk_study.models.encoder import Encoder
 
 IGNORE = -100  # lk_study.tasks.base.IGNORE: a token without a target
-CHECKPOINT_FILE = "state.pt"  # what lk_study.train writes into each checkpoint directory
+
+__all__ = ["CHECKPOINT_FILE", "IGNORE", "MaskedLM", "checkpoint_file", "load_encoder"]
 
 
 class MaskedLM(nn.Module):
@@ -43,6 +45,10 @@ class MaskedLM(nn.Module):
         d = encoder.cls.shape[0]
         self.transform = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.bias = nn.Parameter(torch.zeros(encoder.embed.num_embeddings))
+
+    @classmethod
+    def build(cls, encoder: Encoder, cfg: Any, task: Any) -> MaskedLM:
+        return cls(encoder)
 
     def forward(self, batch: dict) -> Tensor:
         h = self.encoder(batch["ids"])[:, 1:]  # (B, T, D): token positions, [CLS] dropped
@@ -72,62 +78,3 @@ class MaskedLM(nn.Module):
 
     def predict(self, scores: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
         return scores.argmax(-1), self._targets(label)
-
-
-def checkpoint_file(path: str | os.PathLike) -> Path:
-    """The state file of a checkpoint: PATH itself, PATH/state.pt, or the state.pt of the
-    last ``checkpoint_*`` folder under PATH (a Ray Tune trial folder)."""
-    path = Path(path).expanduser()
-    if path.is_file():
-        return path
-    if (path / CHECKPOINT_FILE).is_file():
-        return path / CHECKPOINT_FILE
-    found = sorted(path.glob(f"checkpoint_*/{CHECKPOINT_FILE}")) if path.is_dir() else []
-    if found:
-        return found[-1]
-    raise FileNotFoundError(
-        f"no checkpoint at {path}: expected a file written by lk_study.train, "
-        f"{path / CHECKPOINT_FILE}, or {path}/checkpoint_*/{CHECKPOINT_FILE}"
-    )
-
-
-def load_encoder(model: nn.Module, checkpoint: str | os.PathLike) -> list[str]:
-    """Copy the encoder weights of a training checkpoint into ``model.encoder``.
-
-    The checkpoint is a ``torch.save`` dict whose "model" is a state dict (keys
-    ``encoder.*`` and head keys, which are ignored). Every encoder key of ``model`` must be
-    present with the same shape and no extra encoder key may exist: otherwise a ValueError
-    names the keys (the model sizes, kernel and vocabulary must match the pre-training run).
-    Returns the loaded keys (without the ``encoder.`` prefix).
-    """
-    path = checkpoint_file(checkpoint)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path}: not an lk_study checkpoint (no 'model' state dict)")
-    theirs = {
-        k[len("encoder.") :]: v for k, v in state["model"].items() if k.startswith("encoder.")
-    }
-    ours = model.encoder.state_dict()
-    missing = sorted(set(ours) - set(theirs))
-    extra = sorted(set(theirs) - set(ours))
-    shapes = sorted(
-        f"{k} {tuple(theirs[k].shape)} vs {tuple(v.shape)}"
-        for k, v in ours.items()
-        if k in theirs and theirs[k].shape != v.shape
-    )
-    problems = [
-        f"{what}: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
-        for what, keys in (
-            ("missing from the checkpoint", missing),
-            ("not in this model", extra),
-            ("shape (checkpoint vs model)", shapes),
-        )
-        if keys
-    ]
-    if problems:
-        raise ValueError(
-            f"{path}: its encoder does not match this model's ({'; '.join(problems)}); use the "
-            f"pre-training run's model.* and kernel.* settings and its tokenizer"
-        )
-    model.encoder.load_state_dict(theirs, strict=True)
-    return sorted(theirs)
