@@ -657,6 +657,10 @@ def pretrained_trial(study: StudyResults, config: Mapping[str, Any]) -> str:
     config = {k: config.get(k, defaults.get(k)) for k in keys}  # keys newer than the config
     trials = study.leaderboard()
     done = trials[trials["status"] == "TERMINATED"] if "status" in trials else trials
+    try:  # the study's base config: the value of a conditional key where it was inactive
+        base = (read_json(study.path, STUDY_FILE) or {}).get("config", {})
+    except (OSError, ValueError):
+        base = {}
     match = done
     for key in keys:
         if key not in match:  # a kernel key newer than the study: its trials had the default
@@ -664,7 +668,9 @@ def pretrained_trial(study: StudyResults, config: Mapping[str, Any]) -> str:
                 match = match.iloc[0:0]
                 break
             continue
-        match = match[match[key].astype(object) == config[key]]
+        column = match[key].astype(object)
+        column = column.where(column.notna(), base.get(key, defaults.get(key)))
+        match = match[column == config[key]]
     if match.empty:
         want = ", ".join(f"{k}={config[k]}" for k in keys)
         have = sorted({", ".join(f"{k}={row.get(k)}" for k in keys) for _, row in done.iterrows()})
