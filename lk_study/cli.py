@@ -24,7 +24,8 @@ from pathlib import Path
 from lk_study.bench import AttentionBench, bench_attention, format_ratios, write_csv
 from lk_study.bench_approx import ApproxBench, bench_approx, format_table
 from lk_study.bench_approx import write_csv as write_approx_csv
-from lk_study.config import ConfigError, flatten, load_study, parse_value, study_refs
+from lk_study.config import ConfigError, parse_value
+from lk_study.study import load_study_file
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -38,34 +39,9 @@ def parse_sets(pairs: list[str]) -> dict:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    study = load_study(args.study, parse_sets(args.set), smoke=args.smoke)
-    if args.smoke:
-        study = study.__class__(**{**study.__dict__, "name": f"{study.name}-smoke"})
+    study = load_study_file(args.study, parse_sets(args.set), smoke=args.smoke)
     if args.dry_run:
-        seeds = f", seeds {list(study.seeds)}" if study.seeds else ""
-        print(
-            f"Study {study.name!r} from {study.source}: {study.num_trials()} trials "
-            f"(searcher {study.searcher}{seeds}), "
-            f"objective {study.objective.metric} ({study.objective.mode})"
-        )
-        for key, p in study.search.items():
-            cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when) if p.when else ""
-            print(f"  {key}: {p.kind} {list(p.values)}{cond}")
-        if study.variants:
-            names = [v.get("task.name", study.config.task.name) for v in study.variants]
-            print(f"  variants: {len(study.variants)} ({', '.join(names)})")
-        points = study.points()
-        if study.searcher == "optuna" and points != [{}]:
-            once = sum(study.trials_at(pt) == 1 for pt in points)
-            note = f"; {once} run once, with nothing left for Optuna to search" if once else ""
-            print(
-                f"  grid x Optuna: {len(points)} points, each its own Optuna study of "
-                f"{study.budget.num_samples} trials{note}"
-            )
-        if study.optuna.storage:
-            print(f"  optuna storage: {study.optuna.storage} (optuna-dashboard reads it)")
-        for key, name in study_refs(flatten(study.config)).items():
-            print(f"  {key}: study:{name} (the matching trial's checkpoint, found at start)")
+        print(study.describe())
         return 0
     from lk_study.tune import run_study  # imports Ray: only when a study really runs
 
@@ -81,9 +57,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    study = load_study(args.study, parse_sets(args.set), smoke=args.smoke)
-    if args.smoke:
-        study = study.__class__(**{**study.__dict__, "name": f"{study.name}-smoke"})
+    study = load_study_file(args.study, parse_sets(args.set), smoke=args.smoke)
     from lk_study.tune import run_single
 
     run_single(study, args.storage, args.address)

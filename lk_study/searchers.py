@@ -10,20 +10,27 @@ them. A study without grid points has one point, ``{}``, and so one TPE study.
 
 Trials go out round robin (the point with the fewest trials so far next), so every point has
 results early and each TPE study has seen its earlier trials end before it is asked again.
+``optuna_searcher(study)`` builds it: per point an ``OptunaSearch`` over ``DefineByRun`` (the
+point's space as ``trial.suggest_*`` calls) with ``tpe_sampler``.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
 
-SQLITE = "sqlite:///"
+from lk_study.study import SQLITE, storage_url
+
+if TYPE_CHECKING:
+    from lk_study.study import Param, Study
+
 MAX_STUDY_NAME = 512  # Optuna's RDB column
 
 
@@ -101,15 +108,6 @@ def study_names(name: str, points: Sequence[dict[str, Any]]) -> list[str]:
     ]
 
 
-def storage_url(url: str) -> str:
-    """``url`` with a relative SQLite path made absolute against the current directory
-    (``sqlite:///optuna.db`` -> ``sqlite:////home/me/optuna.db``); other URLs unchanged."""
-    path = url.removeprefix(SQLITE)
-    if url.startswith(SQLITE) and path and not path.startswith((":memory:", "/")):
-        return SQLITE + os.path.abspath(path)
-    return url
-
-
 def optuna_storage(url: str) -> optuna.storages.RDBStorage | None:
     """The Optuna storage at ``url`` (None: in memory); an SQLite file's folder is created."""
     if not url:
@@ -119,3 +117,54 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage | None:
     if url.startswith(SQLITE) and path.startswith("/"):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(url)
+
+
+class DefineByRun:
+    """The Optuna define-by-run space: only ``trial.suggest_*`` calls, conditionals honoured.
+    A class, not a closure, so Tune can pickle the searcher into its experiment checkpoint."""
+
+    def __init__(self, search: dict[str, Param]) -> None:
+        self.search = search
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        sampled: dict[str, Any] = {}
+        for key, p in self.search.items():
+            if not p.active(sampled):
+                continue
+            if p.kind == "choice":
+                sampled[key] = trial.suggest_categorical(key, list(p.values))
+            elif p.kind == "int":
+                sampled[key] = trial.suggest_int(key, *p.values)
+            else:
+                sampled[key] = trial.suggest_float(key, *p.values, log=p.kind == "loguniform")
+
+
+def tpe_sampler(seed: int) -> optuna.samplers.TPESampler:
+    """Multivariate TPE that models conditional parameters jointly (Optuna 5's default
+    samples them independently); ``group`` is marked experimental, which we accept."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+
+
+def optuna_searcher(study: Study) -> GridOptunaSearch:
+    """searcher: optuna -- at every grid point (``study.points()``; one, ``{}``, without
+    grid lists, variants or seeds) its own TPE study (seed ``study.seed + i``) over the
+    dimensions left there, in ``study.optuna.storage`` when set."""
+    points = study.points()
+    storage = optuna_storage(study.optuna.storage)  # one connection pool for all points
+    names = study_names(study.name, points)
+    obj = study.objective
+    searchers = [
+        OptunaSearch(
+            DefineByRun(study.optuna_space(point)),
+            metric=obj.metric,
+            mode=obj.mode,
+            sampler=tpe_sampler(study.seed + i),
+            study_name=names[i],
+            storage=storage,
+        )
+        for i, point in enumerate(points)
+    ]
+    trials = [study.trials_at(point) for point in points]
+    return GridOptunaSearch(points, searchers, trials, obj.metric, obj.mode)

@@ -18,10 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
-from typing import Any
 
-import optuna
 import ray
 import ray.train
 from ray import tune
@@ -29,7 +26,6 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from lk_study import analysis
 from lk_study import storage as study_files  # (``storage`` is the --storage argument here)
@@ -37,74 +33,22 @@ from lk_study.config import (
     STUDY_REF,
     Config,
     ConfigError,
-    Objective,
-    OptunaSettings,
-    Param,
-    Study,
     config_from_dict,
     flatten,
-    nest,
     study_refs,
     to_dict,
     with_overrides,
 )
-from lk_study.searchers import GridOptunaSearch, optuna_storage, storage_url, study_names
+from lk_study.searchers import (  # DefineByRun: searcher checkpoints pickled it as tune's
+    DefineByRun,  # noqa: F401
+    optuna_searcher,
+)
+from lk_study.study import Study, study_from_record, study_record
 from lk_study.train import train_loop_per_worker
 
 DRIVER_CPU = 0.1
 POINT = "point"  # grid/random: each trial's parameters, one explicit dict per trial
 DEFAULT_STORAGE = "lk_results"
-
-
-class DefineByRun:
-    """The Optuna define-by-run space: only ``trial.suggest_*`` calls, conditionals honoured.
-    A class, not a closure, so Tune can pickle the searcher into its experiment checkpoint."""
-
-    def __init__(self, search: dict[str, Param]) -> None:
-        self.search = search
-
-    def __call__(self, trial: optuna.Trial) -> None:
-        sampled: dict[str, Any] = {}
-        for key, p in self.search.items():
-            if not p.active(sampled):
-                continue
-            if p.kind == "choice":
-                sampled[key] = trial.suggest_categorical(key, list(p.values))
-            elif p.kind == "int":
-                sampled[key] = trial.suggest_int(key, *p.values)
-            else:
-                sampled[key] = trial.suggest_float(key, *p.values, log=p.kind == "loguniform")
-
-
-def tpe_sampler(seed: int) -> optuna.samplers.TPESampler:
-    """Multivariate TPE that models conditional parameters jointly (Optuna 5's default
-    samples them independently); ``group`` is marked experimental, which we accept."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-
-
-def optuna_searcher(study: Study) -> GridOptunaSearch:
-    """searcher: optuna -- at every grid point (``study.points()``; one, ``{}``, without
-    grid lists, variants or seeds) its own TPE study (seed ``study.seed + i``) over the
-    dimensions left there, in ``study.optuna.storage`` when set (searchers.py)."""
-    points = study.points()
-    storage = optuna_storage(study.optuna.storage)  # one connection pool for all points
-    names = study_names(study.name, points)
-    obj = study.objective
-    searchers = [
-        OptunaSearch(
-            DefineByRun(study.optuna_space(point)),
-            metric=obj.metric,
-            mode=obj.mode,
-            sampler=tpe_sampler(study.seed + i),
-            study_name=names[i],
-            storage=storage,
-        )
-        for i, point in enumerate(points)
-    ]
-    trials = [study.trials_at(point) for point in points]
-    return GridOptunaSearch(points, searchers, trials, obj.metric, obj.mode)
 
 
 def trial_driver(params: dict, base: dict, train_storage: str, root: str) -> None:
@@ -257,25 +201,6 @@ def ensure_ray(address: str | None = None) -> bool:
     return started
 
 
-def study_record(study: Study) -> dict:
-    return {
-        "name": study.name,
-        "source": study.source,
-        "objective": to_dict(study.objective),
-        "config": flatten(study.config),
-        "search": {k: to_dict(p) for k, p in study.search.items()},
-        "searcher": study.searcher,
-        "seeds": list(study.seeds),
-        "variants": list(study.variants),
-        # only when set, so folders of studies run before this key existed still resume
-        **(
-            {"optuna": {"storage": storage_url(study.optuna.storage)}}
-            if study.optuna.storage
-            else {}
-        ),
-    }
-
-
 def check_writable(exp_path: str) -> None:
     """Preflight: create the study folder and write, read back and delete a probe file."""
     probe = f"{exp_path.rstrip('/')}/.lk_study_probe"
@@ -348,7 +273,7 @@ def run_study(
             }
             param_space = {}
             if study.optuna.storage:
-                url = storage_url(study.optuna.storage)
+                url = study.optuna.storage_url()
                 print(f"Optuna studies in {url}; browse them with: optuna-dashboard {url}")
         else:  # every point once, in order
             search = {"max_concurrent_trials": n, "num_samples": 1}
@@ -385,25 +310,6 @@ def run_study(
     print(analysis.format_leaderboard(table))
     print(f"\nResults table: {out}")
     return exp_path
-
-
-def study_from_record(record: dict) -> Study:
-    """The Study a study folder's lk_study.json describes (inverse of ``study_record``):
-    enough to resume it without its YAML file."""
-    return Study(
-        name=record["name"],
-        config=config_from_dict(nest(record["config"]), f"{record['source']} (as run)"),
-        search={
-            k: Param(p["kind"], tuple(p["values"]), tuple((c, tuple(v)) for c, v in p["when"]))
-            for k, p in record["search"].items()
-        },
-        objective=Objective(**record["objective"]),
-        searcher=record["searcher"],
-        seeds=tuple(record["seeds"]),
-        variants=tuple(record["variants"]),
-        optuna=OptunaSettings(**record.get("optuna", {})),
-        source=record["source"],
-    )
 
 
 def resume_study(path: str, address: str | None = None, retry_errored: bool = False) -> str:

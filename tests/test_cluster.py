@@ -116,7 +116,7 @@ def test_two_node_cluster_runs_two_data_parallel_workers(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    from lk_study.config import load_study as load_study_file
+    from lk_study.study import load_study_file
     from lk_study.tune import run_study
 
     cluster = Cluster(

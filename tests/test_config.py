@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from lk_study.cli import main
-from lk_study.config import Config, ConfigError, load_study, with_overrides
+from lk_study.config import Config, ConfigError, with_overrides
+from lk_study.study import load_study_file
 
 QUICKSTART = "search_spaces/quickstart.yaml"
 
@@ -17,7 +18,7 @@ def write(tmp_path, text):
 
 
 def test_quickstart_loads_with_conditional_features():
-    study = load_study(QUICKSTART)
+    study = load_study_file(QUICKSTART)
     assert list(study.search)[:2] == ["kernel.name", "kernel.num_features"]
     assert study.search["kernel.num_features"].when == (("kernel.name", ("prf", "gmm_prf")),)
     assert study.budget.num_samples >= 8
@@ -27,7 +28,7 @@ def test_quickstart_loads_with_conditional_features():
 def test_misspelt_config_key_names_file_line_key_and_valid_keys(tmp_path):
     p = write(tmp_path, "name: s\nconfig:\n  kernel:\n    name: prf\n    num_featurs: 8\n")
     with pytest.raises(ConfigError) as e:
-        load_study(p)
+        load_study_file(p)
     msg = str(e.value)
     assert f"{p}:5" in msg and "config.kernel.num_featurs" in msg
     assert "did you mean 'num_features'" in msg and "num_components" in msg
@@ -38,12 +39,12 @@ def test_misspelt_search_key_and_top_level_key(tmp_path):
     with pytest.raises(
         ConfigError, match=r"study.yaml:3: unknown key 'search.kernel.nmae'.*kernel.name"
     ):
-        load_study(p)
+        load_study_file(p)
     p = write(tmp_path, "name: s\nbudjet: {num_samples: 2}\n")
     with pytest.raises(
         ConfigError, match=r"study.yaml:2: unknown key 'budjet'.*did you mean 'budget'"
     ):
-        load_study(p)
+        load_study_file(p)
 
 
 def test_bad_values_are_rejected_before_ray(tmp_path):
@@ -51,29 +52,29 @@ def test_bad_values_are_rejected_before_ray(tmp_path):
     with pytest.raises(
         ConfigError, match=r"study.yaml:3: .*unknown kernel 'gmmprf'; valid: softmax"
     ):
-        load_study(p)
+        load_study_file(p)
     p = write(tmp_path, "name: s\nconfig:\n  train: {lr: fast}\n")
     bad_float = r"study.yaml:3: config.train.lr = 'fast' is not a valid float"
     with pytest.raises(ConfigError, match=bad_float):
-        load_study(p)
+        load_study_file(p)
     p = write(tmp_path, "name: s\nconfig:\n  model: {d_model: 30, num_heads: 4}\n")
     with pytest.raises(ConfigError, match="divisible by num_heads"):
-        load_study(p)
+        load_study_file(p)
     p = write(tmp_path, "name: s\nname: t\n")
     with pytest.raises(ConfigError, match="study.yaml:2: duplicate key 'name'"):
-        load_study(p)
+        load_study_file(p)
 
 
 def test_set_fixes_a_searched_key_and_keeps_conditions():
-    study = load_study(QUICKSTART, {"kernel.name": "gmm_prf", "train.max_steps": 7})
+    study = load_study_file(QUICKSTART, {"kernel.name": "gmm_prf", "train.max_steps": 7})
     assert "kernel.name" not in study.search and "kernel.num_features" in study.search
     assert study.config.kernel.name == "gmm_prf" and study.config.train.max_steps == 7
-    study = load_study(QUICKSTART, {"kernel.name": "softmax"})
+    study = load_study_file(QUICKSTART, {"kernel.name": "softmax"})
     assert "kernel.num_features" not in study.search  # condition false -> dimension dropped
     with pytest.raises(
         ConfigError, match="--set: unknown key 'train.lrr'.*did you mean 'train.lr'"
     ):
-        load_study(QUICKSTART, {"train.lrr": 1})
+        load_study_file(QUICKSTART, {"train.lrr": 1})
 
 
 def test_overrides_validate_types():
@@ -110,7 +111,7 @@ def test_grid_points_respect_conditions_and_cross_seeds(tmp_path):
         "  kernel.name: {grid: [softmax, prf]}\n"
         "  kernel.num_features: {grid: [8, 16], when: {kernel.name: [prf]}}\n",
     )
-    study = load_study(p)
+    study = load_study_file(p)
     points = study.points()
     assert study.num_trials() == len(points) == 6  # (softmax + 2 prf) x 2 seeds
     assert {"kernel.name": "softmax", "train.seed": 1} in points
@@ -123,10 +124,10 @@ def test_random_searcher_draws_within_bounds(tmp_path):
         "name: r\nsearcher: random\nbudget: {num_samples: 20}\nsearch:\n"
         "  train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n  kernel.name: {choice: [prf, elu]}\n",
     )
-    points = load_study(p).points()
+    points = load_study_file(p).points()
     assert len(points) == 20 and all(1e-4 <= pt["train.lr"] <= 1e-2 for pt in points)
     assert {pt["kernel.name"] for pt in points} == {"prf", "elu"}
-    assert points == load_study(p).points()  # seeded
+    assert points == load_study_file(p).points()  # seeded
 
 
 @pytest.mark.parametrize(
@@ -171,13 +172,13 @@ def test_random_searcher_draws_within_bounds(tmp_path):
 )
 def test_malformed_searches_are_rejected(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
-        load_study(write(tmp_path, "name: s\n" + text))
+        load_study_file(write(tmp_path, "name: s\n" + text))
 
 
 def test_variants_switch_tasks_and_cross_the_grid(tmp_path):
     from lk_study.config import Config, with_overrides
 
-    study = load_study("search_spaces/lra_kernels.yaml", smoke=True)
+    study = load_study_file("search_spaces/lra_kernels.yaml", smoke=True)
     points = study.points()
     assert len(points) == study.num_trials() == 6
     cfgs = [with_overrides(study.config, pt) for pt in points]
@@ -185,13 +186,13 @@ def test_variants_switch_tasks_and_cross_the_grid(tmp_path):
     assert {c.kernel.name for c in cfgs} == {"softmax", "gmm_prf"}
     pathfinder = next(c for c in cfgs if c.task.name == "pathfinder")
     assert pathfinder.task.resolution == 16 and pathfinder.model.d_model == 32
-    full = load_study("search_spaces/lra_kernels.yaml")
+    full = load_study_file("search_spaces/lra_kernels.yaml")
     assert full.num_trials() == 5 * 9 * 3
     bad = write(
         tmp_path, "name: v\nsearcher: grid\nvariants:\n  - {task.name: text, task.maxlen: 9}\n"
     )
     with pytest.raises(ConfigError, match=r"study.yaml:3: variants\[0\].*task.maxlen"):
-        load_study(bad)
+        load_study_file(bad)
     assert Config().task.name == "sparsity"
 
 
@@ -208,7 +209,7 @@ budget: {num_samples: 5}
 
 def test_grid_crossed_with_optuna_counts_points_times_samples(tmp_path, capsys):
     p = write(tmp_path, GRID_X_OPTUNA)
-    study = load_study(p)
+    study = load_study_file(p)
     points = study.points()
     assert points == [
         {"kernel.name": k, "train.seed": s} for k in ("softmax", "prf") for s in (0, 1)
@@ -226,17 +227,17 @@ def test_grid_crossed_with_optuna_counts_points_times_samples(tmp_path, capsys):
     assert "grid x Optuna: 4 points, each its own Optuna study of 5 trials" in out
     assert "optuna storage: sqlite:///optuna.db" in out
     # --set reaches the optuna section; fixing the grid key leaves one point per seed
-    study = load_study(p, {"optuna.storage": "sqlite:////tmp/o.db", "kernel.name": "prf"})
+    study = load_study_file(p, {"optuna.storage": "sqlite:////tmp/o.db", "kernel.name": "prf"})
     assert study.optuna.storage == "sqlite:////tmp/o.db" and study.num_trials() == 2 * 5
     # without TPE dimensions left at a point, that point runs once
-    study = load_study(p, {"train.lr": 1e-3})
+    study = load_study_file(p, {"train.lr": 1e-3})
     assert study.num_trials() == 2 * 1 + 2 * 5
     assert main(["tune", str(p), "--dry-run", "--set", "train.lr=1e-3"]) == 0
     assert "2 run once, with nothing left for Optuna to search" in capsys.readouterr().out
 
 
 def test_plain_optuna_is_one_point():
-    study = load_study(QUICKSTART)
+    study = load_study_file(QUICKSTART)
     assert study.points() == [{}] and study.num_trials() == study.budget.num_samples
     assert study.optuna_space({}) == study.search
 
@@ -265,11 +266,11 @@ def test_plain_optuna_is_one_point():
 )
 def test_study_files_no_run_can_honour_are_rejected_before_ray(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
-        load_study(write(tmp_path, text))
+        load_study_file(write(tmp_path, text))
 
 
 def test_a_non_utf8_study_file_names_the_file(tmp_path):
     path = tmp_path / "study.yaml"
     path.write_bytes(b"name: s\xff\n")
     with pytest.raises(ConfigError, match=r"study.yaml: not UTF-8 text"):
-        load_study(path)
+        load_study_file(path)

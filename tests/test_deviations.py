@@ -4,8 +4,9 @@ authors' code"), trial by trial. The expected values are written here from the a
 
 import pytest
 
-from lk_study.config import KernelConfig, load_study, with_overrides
+from lk_study.config import KernelConfig, with_overrides
 from lk_study.kernels import family_params
+from lk_study.study import load_study_file
 
 PAPER_STUDIES = ["lra_kernels", "sparsity", "feature_counts", "wikitext_mlm", "glue_grid"]
 
@@ -29,7 +30,7 @@ def expected(key: str, kernel: str):
 
 @pytest.mark.parametrize("study_name", PAPER_STUDIES)
 def test_paper_studies_use_the_authors_kernel_settings(study_name):
-    study = load_study(f"search_spaces/{study_name}.yaml")
+    study = load_study_file(f"search_spaces/{study_name}.yaml")
     seen = set()
     for point in study.points():
         kernel = with_overrides(study.config, point).kernel

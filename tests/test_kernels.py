@@ -307,18 +307,19 @@ def test_a_family_parameter_the_config_lacks_is_an_error():
 
 
 def test_family_parameters_reach_the_kernel_from_yaml(tmp_path):
-    from lk_study.config import ConfigError, load_study
+    from lk_study.config import ConfigError
+    from lk_study.study import load_study_file
 
     path = tmp_path / "study.yaml"
     path.write_text(
         "name: s\nconfig:\n  kernel: {name: rks, num_features: 16, orthogonal: false,"
         " smoothing: 1.0, den_floor: 0.2}\n"
     )
-    fm = kernel_from_config_of(load_study(path).config)
+    fm = kernel_from_config_of(load_study_file(path).config)
     assert (fm.orthogonal, fm.component.smoothing, fm.den_floor) == (False, 1.0, 0.2)
     path.write_text("name: s\nconfig:\n  kernel: {name: rks, smoothing: -1}\n")
     with pytest.raises(ConfigError, match="study.yaml:3.*smoothing"):
-        load_study(path)
+        load_study_file(path)
 
 
 def kernel_from_config_of(cfg):

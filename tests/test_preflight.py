@@ -10,7 +10,8 @@ import torch
 
 from lk_study import analysis
 from lk_study.cli import main
-from lk_study.config import Config, ConfigError, study_from_dict, with_overrides
+from lk_study.config import Config, ConfigError, with_overrides
+from lk_study.study import study_from_dict
 from lk_study.train import localise
 from lk_study.tune import asha_budget
 

@@ -15,9 +15,8 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from lk_study import analysis
-from lk_study.config import study_from_dict
-from lk_study.searchers import storage_url, study_names
-from lk_study.tune import optuna_searcher, study_record
+from lk_study.searchers import optuna_searcher, study_names
+from lk_study.study import storage_url, study_from_dict, study_record
 
 SPACE = {
     "kernel.name": {"grid": ["softmax", "prf"]},
