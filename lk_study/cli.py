@@ -118,14 +118,21 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_generate(args: argparse.Namespace) -> int:
-    from lk_study.tasks import listops, pathfinder
+def generate_listops(args: argparse.Namespace) -> None:
+    from lk_study.tasks import listops
 
-    generators = {
-        "listops": lambda: listops.main_generate(args.out, args.num, args.seed),
-        "pathfinder": lambda: pathfinder.main_generate(args.out, args.num, args.seed),
-    }
-    generators[args.kind]()
+    listops.main_generate(args.out, args.num, args.seed)
+
+
+def generate_pathfinder(args: argparse.Namespace) -> None:
+    from lk_study.tasks import pathfinder
+
+    pathfinder.main_generate(args.out, args.num, args.seed)
+
+
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    generators = {"listops": generate_listops, "pathfinder": generate_pathfinder}
+    generators[args.kind](args)
     return 0
 
 

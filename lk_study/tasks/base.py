@@ -1,23 +1,24 @@
 """What every task is: a config section, prepared Parquet splits, a head and its metrics.
 
-A task is an object in ``lk_study.tasks.TASKS`` with
+A task is a ``Task`` (below) in ``lk_study.tasks.TASKS``: its ``Config`` (the ``task:``
+section), ``head`` (a key of ``lk_study.models.HEADS``), ``splits``, and ``prepare``,
+``vocab_size``, ``num_outputs``, ``metrics``; ``max_len``, ``artifacts`` and ``score`` have
+defaults.
 
-    Config           a frozen dataclass (subclass of ``TaskConfig``): the ``task:`` section
-    head             "classify" | "regress" | "dual" (two sequences, one shared encoder)
-    prepare(cfg)     -> {split: Path} of Parquet files, built once per machine into the cache
-                        under a file lock; splits "train" plus the evaluation splits
-    vocab_size(cfg), max_len(cfg), num_outputs(cfg)
-    metrics(pred, label) -> {name: value}  (scikit-learn / scipy definitions)
-
-Prepared splits have an ``ids`` column (list<int32>, 0 = padding), for dual tasks ``ids2``,
-and a ``label`` column: int64 classes, float64 for regression, or list<int32> per-token
-targets aligned with ``ids`` (masked LM; ``IGNORE`` = −100 where there is no target).
+The data conventions every task shares live here, once: prepared splits have an ``ids``
+column (list<int32>, ``PAD_ID`` = 0 is padding), for dual tasks ``ids2``, and a ``label``
+column: int64 classes, float64 for regression, or list<int32> per-token targets aligned with
+``ids`` (masked LM; ``IGNORE`` = −100 where there is no target). Byte and pixel tasks use
+``BYTE_VOCAB`` = 257 ids (a byte or an 8-bit intensity + 1). Malformed input rows go through
+``BadRows``: an error naming file/split and row, or (``task.on_bad_rows: skip``) skipped and
+counted in one logging line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,7 +30,11 @@ import pyarrow.parquet as pq
 from filelock import FileLock
 
 BAD_ROWS = ("error", "skip")
-IGNORE = -100  # per-token label with no target
+PAD_ID = 0  # padding token id of every task (the encoder's padding_idx)
+IGNORE = -100  # per-token label with no target (the loss's ignore_index)
+BYTE_VOCAB = 257  # byte / 8-bit intensity tasks: padding + 256 values
+
+logger = logging.getLogger("lk_study.tasks")
 
 
 class FieldError(ValueError):
@@ -102,19 +107,6 @@ def prepare_cached(
     return paths
 
 
-class AccuracyTask:
-    """Defaults of the single-label classification tasks (LRA, sparsity): train and
-    validation splits, metric accuracy. Subclasses set ``Config`` and the data methods."""
-
-    head = "classify"
-    splits = ("train", "validation")
-
-    def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-        from lk_study.tasks.metrics import accuracy
-
-        return accuracy(pred, label)
-
-
 class Split:
     """One prepared split, this worker's shard (rows rank, rank + world, ...), in memory.
 
@@ -144,7 +136,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.columns["ids"][1]) - 1
 
-    def _pad(self, name: str, index: np.ndarray, fill: int = 0) -> np.ndarray:
+    def _pad(self, name: str, index: np.ndarray, fill: int = PAD_ID) -> np.ndarray:
         values, offsets = self.columns[name]
         starts, ends = offsets[index], offsets[index + 1]
         lengths = ends - starts
@@ -161,7 +153,7 @@ class Split:
 
         index = np.asarray(index)
         out = {
-            name: torch.from_numpy(self._pad(name, index, IGNORE if name == "label" else 0))
+            name: torch.from_numpy(self._pad(name, index, IGNORE if name == "label" else PAD_ID))
             for name in self.columns
         }
         if self.label is not None:
@@ -170,32 +162,94 @@ class Split:
 
 
 def byte_ids(text: str, max_len: int) -> np.ndarray:
-    """UTF-8 bytes as tokens (LRA text/retrieval): id = byte + 1 (0 is padding); vocab 257."""
+    """UTF-8 bytes as tokens (LRA text/retrieval): id = byte + 1 (``PAD_ID`` 0 stays
+    padding); ``BYTE_VOCAB`` ids."""
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)[:max_len].astype(np.int32) + 1
 
 
-BYTE_VOCAB = 257
+def intensity_ids(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, R, R) -> int32 token ids (N, R·R): row-major pixels, id = intensity + 1
+    (1..256), so ``PAD_ID`` 0 stays padding; ``BYTE_VOCAB`` ids."""
+    images = np.asarray(images)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(
+            f"expected uint8 images of shape (N, R, R), got {images.dtype} {images.shape}"
+        )
+    return images.reshape(len(images), -1).astype(np.int32) + 1
 
 
 class BadRows:
-    """Collects malformed rows: raise at once (``on_bad_rows: error``) or skip and count."""
+    """The one bad-row policy: ``bad(location, problem)`` raises at once (``on_bad_rows:
+    error``, naming ``where`` and the location, e.g. ``line 12`` or ``row 3``) or skips and
+    counts; ``bad.log()`` reports the skipped rows in one logging line, with the first one."""
 
     def __init__(self, policy: str, where: str) -> None:
+        if policy not in BAD_ROWS:
+            raise ValueError(f"on_bad_rows={policy!r}: must be one of {', '.join(BAD_ROWS)}")
         self.policy = policy
         self.where = where
         self.skipped = 0
+        self.first = ""
 
     def __call__(self, location: str, problem: str) -> None:
         if self.policy == "error":
             raise ValueError(
                 f"{self.where}, {location}: {problem} "
-                "(set task.on_bad_rows: skip to skip such rows)"
+                "(fix the row, or set task.on_bad_rows: skip to skip such rows)"
             )
         self.skipped += 1
+        self.first = self.first or f"{location}: {problem}"
 
     def log(self) -> None:
         if self.skipped:
-            print(f"{self.where}: skipped {self.skipped} malformed rows (task.on_bad_rows: skip)")
+            logger.warning(
+                "%s: skipped %d malformed row(s) (task.on_bad_rows: skip), first: %s",
+                self.where,
+                self.skipped,
+                self.first,
+            )
+
+
+class Task:
+    """The interface of a ``TASKS`` entry. Subclasses set ``Config`` and ``head`` and
+    implement the four data methods; the rest has defaults.
+
+    Config          frozen dataclass, subclass of ``TaskConfig``: the ``task:`` section
+    head            a key of ``lk_study.models.HEADS``: classify | regress | dual | mlm
+    splits          "train" plus the evaluation splits ``prepare`` builds
+    prepare(cfg)    -> {split: Path} of Parquet files (``prepare_cached``: once per machine)
+    vocab_size(cfg), num_outputs(cfg)
+    metrics(pred, label) -> {name: value}  (scikit-learn / scipy definitions)
+    max_len(cfg)    the longest sequence the model sees (default ``cfg.max_len``)
+    artifacts(cfg)  {file name: path} copied into every checkpoint (default none)
+    score(results)  one number over the evaluation splits ({split: metrics}), reported as
+                    ``val_score`` (default None: not reported)
+    """
+
+    Config: type[TaskConfig] = TaskConfig
+    head: str = "classify"
+    splits: tuple[str, ...] = ("train", "validation")
+
+    def prepare(self, cfg: TaskConfig) -> dict[str, Path]:
+        raise NotImplementedError
+
+    def vocab_size(self, cfg: TaskConfig) -> int:
+        raise NotImplementedError
+
+    def num_outputs(self, cfg: TaskConfig) -> int:
+        raise NotImplementedError
+
+    def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+        raise NotImplementedError
+
+    def max_len(self, cfg: TaskConfig) -> int:
+        return cfg.max_len
+
+    def artifacts(self, cfg: TaskConfig) -> dict[str, Path]:
+        return {}
+
+    def score(self, results: dict[str, dict[str, float]]) -> float | None:
+        return None
 
 
 def progress(iterable=None, desc: str = "", total: int | None = None, unit: str = "rows"):
@@ -204,3 +258,13 @@ def progress(iterable=None, desc: str = "", total: int | None = None, unit: str 
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, unit=unit, mininterval=0.5, disable=None)
+
+
+class AccuracyTask(Task):
+    """Single-label classification tasks (LRA, sparsity): train and validation splits,
+    metric accuracy. Subclasses set ``Config`` and the data methods."""
+
+    def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+        from lk_study.tasks.metrics import accuracy
+
+        return accuracy(pred, label)
