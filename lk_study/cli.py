@@ -21,9 +21,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from lk_study.bench import AttentionBench, bench_attention, format_ratios, write_csv
-from lk_study.bench_approx import ApproxBench, bench_approx, format_table
-from lk_study.bench_approx import write_csv as write_approx_csv
 from lk_study.config import ConfigError, parse_value
 from lk_study.study import load_study_file
 
@@ -119,15 +116,42 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def generate_listops(args: argparse.Namespace) -> None:
+    """Write train/val/test.tsv with the LRA distribution, printing progress about every 5 %."""
     from lk_study.tasks import listops
 
-    listops.main_generate(args.out, args.num, args.seed)
+    num, seed = args.num, args.seed
+    step = max(1, num // 20)
+
+    def report(n: int) -> None:
+        if n % step == 0 or n == num:
+            print(f"listops: generated {n}/{num} examples", flush=True)
+
+    print(f"listops: generating {num} examples (seed {seed}) into {args.out}", flush=True)
+    paths = listops.write_release(args.out, num, seed, progress=report)
+    counts = listops.split_counts(num, listops.LRA_FRACTIONS)
+    for (name, path), count in zip(paths.items(), counts.values(), strict=True):
+        print(f"listops: wrote {path} ({count} {name} examples)", flush=True)
 
 
 def generate_pathfinder(args: argparse.Namespace) -> None:
+    """Every difficulty, 32x32, in LRA's layout under ``args.out``, progress per batch."""
     from lk_study.tasks import pathfinder
 
-    pathfinder.main_generate(args.out, args.num, args.seed)
+    res = 32
+    print(
+        f"pathfinder: generating {args.num} {res}x{res} images per difficulty "
+        f"(seed {args.seed}) into {args.out}",
+        flush=True,
+    )
+    for difficulty in pathfinder.DIFFICULTIES:
+
+        def report(done: int, total: int, difficulty: str = difficulty) -> None:
+            print(f"pathfinder: {difficulty}: {done}/{total} images", flush=True)
+
+        folder = pathfinder.write_release(
+            args.out, args.num, args.seed, res, difficulty, progress=report
+        )
+        print(f"pathfinder: wrote {folder}", flush=True)
 
 
 def cmd_data_generate(args: argparse.Namespace) -> int:
@@ -137,6 +161,8 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_attention(args: argparse.Namespace) -> int:
+    from lk_study.bench import AttentionBench, bench_attention, format_ratios, write_csv
+
     if args.out and Path(args.out).suffix != ".csv":
         raise ConfigError(f"--out {args.out}: use a .csv file name")
     device = {"device": args.device} if args.device else {}
@@ -163,6 +189,9 @@ def cmd_bench_attention(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_approx(args: argparse.Namespace) -> int:
+    from lk_study.bench_approx import ApproxBench, bench_approx, format_table
+    from lk_study.bench_approx import write_csv as write_approx_csv
+
     if args.out and Path(args.out).suffix != ".csv":
         raise ConfigError(f"--out {args.out}: use a .csv file name")
     if args.figure and Path(args.figure).suffix != ".png":
@@ -187,9 +216,7 @@ def cmd_bench_approx(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lk-study", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="run (or resume) a study file on Ray Tune + Train")
     p.add_argument("study", help="study YAML, e.g. search_spaces/quickstart.yaml")
     p.add_argument("--storage", help="results folder or s3:// / gs:// URI (default ./lk_results)")
@@ -223,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         "--retry-errored", action="store_true", help="on resume, also rerun ERROR trials"
     )
     p.set_defaults(func=cmd_tune)
+
+
+def _add_resume_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "resume", help="continue an interrupted study from its folder (no study file needed)"
     )
@@ -232,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         "--retry-errored", action="store_true", help="also rerun ERROR trials from checkpoints"
     )
     p.set_defaults(func=cmd_resume)
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="one Ray Train run of a study file's base config, no search")
     p.add_argument("study", help="study YAML; its search space is ignored (fix keys with --set)")
     p.add_argument("--storage", help="checkpoint folder or URI (default ./lk_results)")
@@ -239,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="apply the file's smoke: overrides")
     p.add_argument("--address", help="join a running Ray cluster")
     p.set_defaults(func=cmd_train)
+
+
+def _add_results_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "results", help="print a study's leaderboard or tables; write its trials and figures"
     )
@@ -254,8 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", metavar="DIR", help="write the study's figures as PNG into DIR")
     p.add_argument("--top", type=int, default=20, help="leaderboard rows")
     p.set_defaults(func=cmd_results)
+
+
+def _add_kernels_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("kernels", help="list the kernel registry")
     p.set_defaults(func=cmd_kernels)
+
+
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="prepare task data, or generate offline data files")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("prepare", help="build a task's cached Parquet splits")
@@ -275,8 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num", type=int, required=True, help="number of examples")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_data_generate)
-    bench = sub.add_parser("bench", help="efficiency benchmarks (CSV out)")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+
+
+def _add_bench_attention_parser(bench_sub: argparse._SubParsersAction) -> None:
+    from lk_study.bench import AttentionBench  # the defaults shown in --help
+
     p = bench_sub.add_parser(
         "attention",
         help="time the attention core fwd and fwd+bwd against sdpa, floor and performer",
@@ -302,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="cpu or cuda[:i] (default: cuda if available)")
     p.add_argument("--out", help="write one row per (kernel, length, pass) to FILE.csv")
     p.set_defaults(func=cmd_bench_attention)
+
+
+def _add_bench_approx_parser(bench_sub: argparse._SubParsersAction) -> None:
+    from lk_study.bench_approx import ApproxBench  # the defaults shown in --help
+
     p = bench_sub.add_parser(
         "approx",
         help="error of φ(x)·φ(y) against the exact kernel vs num_features, per kernel and norm",
@@ -339,7 +389,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write one row per (kernel, orthogonal, M, norm) to FILE.csv")
     p.add_argument("--figure", help="write rel_err vs M (log-log, a panel per norm) to FILE.png")
     p.set_defaults(func=cmd_bench_approx)
-    args = parser.parse_args(argv)
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="efficiency benchmarks (CSV out)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    _add_bench_attention_parser(bench_sub)
+    _add_bench_approx_parser(bench_sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lk-study`` parser: one ``_add_<command>_parser`` per subcommand."""
+    parser = argparse.ArgumentParser(prog="lk-study", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_tune_parser(sub)
+    _add_resume_parser(sub)
+    _add_train_parser(sub)
+    _add_results_parser(sub)
+    _add_kernels_parser(sub)
+    _add_data_parser(sub)
+    _add_bench_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -188,7 +188,7 @@ def fit(
     steps_per_epoch = max(train.total_rows // (local_batch * world_size), 1)
     t = cfg.train.resolve(steps_per_epoch)  # epochs, warmup_ratio -> steps
     # files each checkpoint carries besides the state (e.g. the MLM's tokenizer.json)
-    files = task.artifacts(cfg.task) if hasattr(task, "artifacts") else {}
+    files = task.artifacts(cfg.task)
     artifacts = {name: str(path) for name, path in files.items()}
 
     core = build_model(cfg).to(device)
@@ -240,8 +240,9 @@ def fit(
                 train_draw(done - 1),
             )
             metrics.update({f"{metric_prefix(split_name)}{k}": v for k, v in result.items()})
-        if hasattr(task, "score"):  # one number over the eval splits (GLUE's task score)
-            metrics["val_score"] = task.score(results)
+        score = task.score(results)  # one number over the eval splits (GLUE's task score)
+        if score is not None:
+            metrics["val_score"] = score
         now = time.perf_counter()
         train_loss, n, tok = _all_sum([loss_sum, float(loss_n), float(tokens)], device)
         metrics.update(
@@ -252,7 +253,7 @@ def fit(
             tokens_per_s=tok / max(now - last_report, 1e-9),
             seconds=elapsed + now - t0,
             lr=sched.get_last_lr()[0],
-            peak_mem_mib=peak_memory_mib(device),
+            peak_mib=peak_memory_mib(device),
             num_params=num_params,
             world_size=world_size,
         )

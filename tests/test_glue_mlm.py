@@ -12,8 +12,9 @@ from sklearn import metrics as skm
 
 from lk_study import train as train_module
 from lk_study.config import Config, with_overrides
-from lk_study.models.mlm import CHECKPOINT_FILE, IGNORE, MaskedLM, load_encoder
+from lk_study.models.mlm import CHECKPOINT_FILE, MaskedLM, load_encoder
 from lk_study.tasks import TASKS, Split, base, metrics, prepare
+from lk_study.tasks.base import IGNORE
 from lk_study.tasks.glue import SPECS, parse_label
 from lk_study.tasks.wikitext import WikiText103MLM, mask_tokens
 from lk_study.tasks.wordpiece import (
@@ -428,10 +429,10 @@ def write_bad_cola(path, rows):
 def test_glue_malformed_rows_error_or_skip(tmp_path, caplog):
     ok = sentences(4, 3)
     cases = [
-        ((2, (" ", "1")), r"split 'train' row 2: empty text in column 'sentence'"),
-        ((1, (None, "0")), r"split 'train' row 1: empty text"),
-        ((3, (ok[0], "x")), r"split 'train' row 3: label 'x' is not a number"),
-        ((0, (ok[0], "5")), r"split 'train' row 0: label 5 is outside 0..1"),
+        ((2, (" ", "1")), r"split 'train', row 2: empty text in column 'sentence'"),
+        ((1, (None, "0")), r"split 'train', row 1: empty text"),
+        ((3, (ok[0], "x")), r"split 'train', row 3: label 'x' is not a number"),
+        ((0, (ok[0], "5")), r"split 'train', row 0: label 5 is outside 0..1"),
         ((2, (ok[0], "0.5")), r"row 2: label 0.5 is not an integer class"),
     ]
     for i, ((row, bad), message) in enumerate(cases):
@@ -472,13 +473,16 @@ def test_parse_label_and_wikitext_bad_rows(tmp_path, caplog):
         {s: datasets.Dataset.from_dict({"text": lines}) for s in ("train", "validation")}
     ).save_to_disk(str(src))
     cfg = WikiText103MLM.Config(source=str(src), cache_dir=str(tmp_path), vocab_size=120)
-    with pytest.raises(ValueError, match=r"split 'train' row 5: text is null"):
+    with pytest.raises(ValueError, match=r"split 'train', row 5: text is null"):
         prepare(cfg)
     skip = WikiText103MLM.Config(
         source=str(src), cache_dir=str(tmp_path), vocab_size=120, on_bad_rows="skip"
     )
     with caplog.at_level(logging.WARNING):
         prepare(skip)
-    assert "skipped 1 malformed row(s) (null text), first: row 5" in caplog.text
+    assert (
+        "skipped 1 malformed row(s) (task.on_bad_rows: skip), first: row 5: text is null"
+        in caplog.text
+    )
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent" / "dataset_dict.json")):
         prepare(WikiText103MLM.Config(source=str(tmp_path / "absent"), cache_dir=str(tmp_path)))

@@ -8,26 +8,22 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from lk_study.cli import main
+from lk_study.generators.listops import MED, _apply, evaluate, generate, to_text
 from lk_study.tasks import Split
+from lk_study.tasks.base import PAD_ID
 from lk_study.tasks.listops import (
-    MED,
-    PAD_ID,
     VOCAB,
     VOCAB_SIZE,
-    _apply,
-    evaluate,
-    generate,
-    main_generate,
     read_release,
     read_tsv,
     release_paths,
     to_table,
-    to_text,
     tokenize,
     write_release,
 )
 
-SMALL = dict(min_length=10, max_length=200)  # fast trees for most tests
+SMALL = dict(tree_min_tokens=10, tree_max_tokens=200)  # fast trees for most tests
 
 
 def structure(source: str) -> tuple[int, int, int]:
@@ -87,12 +83,21 @@ def test_every_label_equals_the_independent_evaluator():
 
 
 @pytest.mark.parametrize(
-    "min_length, max_length, max_depth, max_args", [(10, 200, 10, 10), (8, 60, 3, 3)]
+    "tree_min_tokens, tree_max_tokens, max_depth, max_args", [(10, 200, 10, 10), (8, 60, 3, 3)]
 )
-def test_length_depth_and_arity_within_bounds(min_length, max_length, max_depth, max_args):
-    examples = generate(200, 7, min_length, max_length, max_depth, max_args)
+def test_length_depth_and_arity_within_bounds(
+    tree_min_tokens, tree_max_tokens, max_depth, max_args
+):
+    examples = generate(
+        200,
+        7,
+        tree_min_tokens=tree_min_tokens,
+        tree_max_tokens=tree_max_tokens,
+        max_depth=max_depth,
+        max_args=max_args,
+    )
     lengths = [len(tokenize(s)) for s, _ in examples]
-    assert min_length < min(lengths) and max(lengths) < max_length  # strict, as in LRA
+    assert tree_min_tokens < min(lengths) and max(lengths) < tree_max_tokens  # strict, as LRA
     shapes = [structure(s) for s, _ in examples]
     assert max(d for d, _, _ in shapes) == max_depth  # reached, never exceeded
     assert max(m for _, m, _ in shapes) == max_args
@@ -236,7 +241,7 @@ def test_malformed_rows(tmp_path, row, problem):
     path.write_text(f"Source\tTarget\n{GOOD}\n{row}\n{GOOD}\n")
     with pytest.raises(ValueError) as e:
         read_tsv(path)
-    assert str(e.value).startswith(f"{path}:3: ") and problem in str(e.value)
+    assert str(e.value).startswith(f"{path}, line 3: ") and problem in str(e.value)
     sources, labels, skipped = read_tsv(path, on_bad_rows="skip")
     assert skipped == 1 and labels == [3, 3] and len(sources) == 2
 
@@ -245,9 +250,9 @@ def test_skip_counts_every_bad_row(tmp_path):
     path = tmp_path / "t.tsv"
     path.write_text("Source\tTarget\r\n" + "\r\n".join([GOOD, "x", GOOD, "[MIN 1 ]\t10"]) + "\r\n")
     assert read_tsv(path, on_bad_rows="skip") == (["( ( ( [MAX 2 ) 3 ) ] )"] * 2, [3, 3], 2)
-    with pytest.raises(ValueError, match=re.escape(f"{path}:3: expected 2")):
+    with pytest.raises(ValueError, match=re.escape(f"{path}, line 3: expected 2")):
         read_tsv(path)
-    with pytest.raises(ValueError, match="on_bad_rows must be one of error, skip"):
+    with pytest.raises(ValueError, match="on_bad_rows='ignore': must be one of error, skip"):
         read_tsv(path, on_bad_rows="ignore")
 
 
@@ -255,7 +260,7 @@ def test_bad_header_and_missing_files(tmp_path):
     path = tmp_path / "t.tsv"
     path.write_text(GOOD + "\n")
     for mode in ("error", "skip"):
-        with pytest.raises(ValueError, match=re.escape(f"{path}:1: expected the header")):
+        with pytest.raises(ValueError, match=re.escape(f"{path}, line 1: expected the header")):
             read_tsv(path, on_bad_rows=mode)
     missing = tmp_path / "nope.tsv"
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
@@ -269,14 +274,18 @@ def test_bad_header_and_missing_files(tmp_path):
 def test_bad_generator_parameters():
     with pytest.raises(ValueError, match="max_depth and max_args must be >= 2"):
         generate(1, 0, max_depth=1)
-    with pytest.raises(ValueError, match="min_length < max_length - 1"):
-        generate(1, 0, min_length=100, max_length=100)
+    with pytest.raises(ValueError, match="tree_min_tokens < tree_max_tokens - 1"):
+        generate(1, 0, tree_min_tokens=100, tree_max_tokens=100)
     with pytest.raises(RuntimeError, match="widen it"):
-        generate(500, 0, min_length=3, max_length=5, max_args=2)  # only 4 x 10 x 10 trees
+        generate(500, 0, tree_min_tokens=3, tree_max_tokens=5, max_args=2)  # 4 x 10 x 10 trees
+    with pytest.raises(TypeError):  # the generator parameters are keywords only
+        generate(1, 0, 10, 200)
 
 
-def test_main_generate_prints_progress(tmp_path, capsys):
-    paths = main_generate(tmp_path / "out", num=3, seed=0)
+def test_cli_generate_prints_progress(tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    assert main(["data", "generate", "listops", "--out", str(out_dir), "--num", "3"]) == 0
     out = capsys.readouterr().out
     assert "generated 3/3 examples" in out and "train.tsv" in out
+    paths = release_paths(out_dir)
     assert sum(len(read_tsv(p)[0]) for p in paths.values()) == 3

@@ -1,7 +1,7 @@
 """Pathfinder: the generator (shapes, determinism, random labels), connectivity checked on an
 independent solid re-rendering and in the pixels, honesty (ink, marker distance, a pixel
 logistic regression), the official pathfinder32 images' statistics, tokens, and the LRA
-release format (round trip, malformed metadata, PNG mode and size)."""
+release format (round trip, malformed metadata, PNG mode and size) and its CLI."""
 
 import re
 
@@ -11,63 +11,66 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 
+from lk_study.cli import main
+from lk_study.generators import pathfinder as gen
 from lk_study.tasks import pathfinder as pf
+from lk_study.tasks.base import BYTE_VOCAB, PAD_ID, intensity_ids
 
 
 @pytest.fixture(scope="module")
 def baseline():
     """320 scenes at 32x32 with LRA's curv_baseline length (6 dashes), and their images."""
-    spec = pf.make_spec(32, pf.DIFFICULTIES["curv_baseline"])
-    scenes = pf.generate_scenes(320, spec, seed=11)
-    images = np.stack([pf.render(s, spec) for s in scenes])
+    spec = gen.make_spec(32, pf.DIFFICULTIES["curv_baseline"])
+    scenes = gen.generate_scenes(320, 11, spec)
+    images = np.stack([gen.render(s, spec) for s in scenes])
     labels = np.array([s.label for s in scenes])
     return spec, scenes, images, labels
 
 
 def test_shapes_dtypes_determinism_and_random_labels():
-    images, labels = pf.generate(6, 32, seed=0)
+    images, labels = gen.generate(6, 0, gen.make_spec(32))
     assert images.shape == (6, 32, 32) and images.dtype == np.uint8
     assert labels.shape == (6,) and labels.dtype == np.int64
     assert set(labels.tolist()) <= {0, 1}
     assert images.max() == 255 and images.min() == 0  # markers saturate, background is black
     # generate is make_spec + generate_scenes + render, and a second run gives the same
-    spec = pf.make_spec(32, 14)
-    scenes = pf.generate_scenes(6, spec, seed=0)
-    assert np.array_equal(np.stack([pf.render(s, spec) for s in scenes]), images)
+    spec = gen.make_spec(32, 14)
+    scenes = gen.generate_scenes(6, 0, spec)
+    assert np.array_equal(np.stack([gen.render(s, spec) for s in scenes]), images)
     assert np.array_equal([s.label for s in scenes], labels)
-    other, _ = pf.generate(6, 32, seed=1)
+    other, _ = gen.generate(6, 1, gen.make_spec(32))
     assert not np.array_equal(images, other)
     # image i and its label do not depend on how many images are drawn
-    more_images, more_labels = pf.generate(9, 32, seed=0)
+    more_images, more_labels = gen.generate(9, 0, gen.make_spec(32))
     assert np.array_equal(more_images[:6], images) and np.array_equal(more_labels[:6], labels)
     for res, contour_length in ((16, 14), (64, 9), (128, 9)):
-        big, big_labels = pf.generate(2, res, seed=0, contour_length=contour_length)
+        big, big_labels = gen.generate(2, 0, gen.make_spec(res, contour_length))
         assert big.shape == (2, res, res) and big.dtype == np.uint8 and big_labels.shape == (2,)
 
 
 def test_labels_are_bernoulli_half_per_image():
-    spec = pf.make_spec(32, 14)
-    labels = pf.random_labels(4000, seed=0, spec=spec)
+    spec = gen.make_spec(32, 14)
+    labels = gen.random_labels(4000, seed=0, spec=spec)
     assert labels.dtype == np.int64 and set(labels.tolist()) == {0, 1}
     assert abs(labels.mean() - 0.5) < 4 * 0.5 / np.sqrt(len(labels))  # 4 standard errors
-    assert np.array_equal(pf.random_labels(10, seed=0, spec=spec), labels[:10])
-    counts = [pf.random_labels(10, seed=s, spec=spec).sum() for s in range(40)]
+    assert np.array_equal(gen.random_labels(10, seed=0, spec=spec), labels[:10])
+    counts = [gen.random_labels(10, seed=s, spec=spec).sum() for s in range(40)]
     assert len(set(counts)) > 3  # drawn per image, not balanced per set
 
 
 def test_spec_validation():
     with pytest.raises(ValueError, match="resolution"):
-        pf.make_spec(8)
+        gen.make_spec(8)
     with pytest.raises(ValueError, match="contour_length"):
-        pf.make_spec(32, 0)
+        gen.make_spec(32, 0)
     with pytest.raises(ValueError, match="label"):
-        pf.sample_scene(pf.make_spec(32, 6), seed=0, index=0, label=2)
+        gen.sample_scene(gen.make_spec(32, 6), seed=0, index=0, label=2)
 
 
 def test_strokes_do_not_depend_on_the_label():
-    spec = pf.make_spec(32, 9)
+    spec = gen.make_spec(32, 9)
     for index in range(3):
-        s0, s1 = (pf.sample_scene(spec, 5, index, label) for label in (0, 1))
+        s0, s1 = (gen.sample_scene(spec, 5, index, label) for label in (0, 1))
         assert len(s0.paths) == len(s1.paths)
         assert all(np.array_equal(a, b) for a, b in zip(s0.paths, s1.paths, strict=True))
         assert not np.array_equal(s0.markers, s1.markers)
@@ -79,7 +82,7 @@ def _disk(radius: float) -> np.ndarray:
     return y**2 + x**2 <= radius**2
 
 
-def _solid_components(scene: pf.Scene, spec: pf.PathfinderSpec, f: int):
+def _solid_components(scene: gen.Scene, spec: gen.PathfinderSpec, f: int):
     """Re-draw every path as a *solid* stroke (gaps filled: the polyline through all dash
     ends) plus the marker discs on an f-times finer grid, with its own rasteriser; return the
     8-connected component labels and the component of each marker."""
@@ -107,8 +110,8 @@ def _solid_components(scene: pf.Scene, spec: pf.PathfinderSpec, f: int):
     ("resolution", "contour_length", "num"), [(32, 6, 24), (32, 14, 16), (64, 14, 6), (128, 9, 4)]
 )
 def test_markers_connected_iff_label_on_a_solid_rerendering(resolution, contour_length, num):
-    spec = pf.make_spec(resolution, contour_length)
-    for scene in pf.generate_scenes(num, spec, seed=2):
+    spec = gen.make_spec(resolution, contour_length)
+    for scene in gen.generate_scenes(num, 2, spec):
         count, (c0, c1) = _solid_components(scene, spec, f=128 // resolution)
         assert count == len(scene.paths)  # no two paths touch, markers touch only their own
         assert c0 > 0 and c1 > 0
@@ -116,10 +119,10 @@ def test_markers_connected_iff_label_on_a_solid_rerendering(resolution, contour_
 
 
 def test_rendering_follows_the_scene_with_continuous_strokes():
-    spec = pf.make_spec(32, 9)
+    spec = gen.make_spec(32, 9)
     lit_gaps, gaps = 0, 0
-    for scene in pf.generate_scenes(20, spec, seed=4):
-        image = pf.render(scene, spec)
+    for scene in gen.generate_scenes(20, 4, spec):
+        image = gen.render(scene, spec)
         for path in scene.paths:
             for p, q in path:  # each dash's midpoint is lit
                 y, x = np.floor((p + q) / 2).astype(int)
@@ -142,7 +145,7 @@ def test_rendering_follows_the_scene_with_continuous_strokes():
     assert lit_gaps / gaps > 0.6
 
 
-def _marker_blobs(image: np.ndarray, scene: pf.Scene, threshold: int) -> tuple[int, int]:
+def _marker_blobs(image: np.ndarray, scene: gen.Scene, threshold: int) -> tuple[int, int]:
     blobs, _ = ndimage.label(image > threshold, structure=np.ones((3, 3)))
     return tuple(int(blobs[tuple(np.floor(m).astype(int))]) for m in scene.markers)
 
@@ -151,11 +154,11 @@ def _marker_blobs(image: np.ndarray, scene: pf.Scene, threshold: int) -> tuple[i
 def test_markers_connected_iff_label_in_the_pixels(contour_length):
     """In the rendered image (8-connected): a label-1 pair is joined by ink (pixels > 0); a
     label-0 pair lies in two different blobs of lit pixels (> 32), touching strokes included."""
-    spec = pf.make_spec(32, contour_length)
-    scenes = pf.generate_scenes(60, spec, seed=6)
+    spec = gen.make_spec(32, contour_length)
+    scenes = gen.generate_scenes(60, 6, spec)
     assert {s.label for s in scenes} == {0, 1}
     for scene in scenes:
-        image = pf.render(scene, spec)
+        image = gen.render(scene, spec)
         if scene.label == 1:
             a, b = _marker_blobs(image, scene, 0)
             assert a > 0 and a == b
@@ -194,15 +197,16 @@ def test_logistic_regression_on_pixels_is_far_from_perfect(baseline):
     assert model.score(x[240:], labels[240:]) < 0.7
 
 
-def test_to_tokens():
-    images, _ = pf.generate(3, 32, seed=0, contour_length=6)
-    tokens = pf.to_tokens(images)
+def test_tokens():
+    images, _ = gen.generate(3, 0, gen.make_spec(32, 6))
+    tokens = intensity_ids(images)
     assert tokens.shape == (3, 1024) and np.issubdtype(tokens.dtype, np.integer)
     assert tokens[1, 5 * 32 + 7] == int(images[1, 5, 7]) + 1  # row-major, intensity + 1
-    assert tokens.min() >= 1 and tokens.max() == 256 and pf.VOCAB_SIZE == 257
-    assert pf.PAD_ID == 0
+    assert tokens.min() >= 1 and tokens.max() == 256 and BYTE_VOCAB == 257
+    assert PAD_ID == 0
+    assert pf.Pathfinder().vocab_size(pf.PathfinderConfig()) == BYTE_VOCAB
     with pytest.raises(ValueError, match="uint8"):
-        pf.to_tokens(images.astype(np.float32))
+        intensity_ids(images.astype(np.float32))
 
 
 def _lra_style_read(folder):
@@ -225,7 +229,7 @@ def test_release_round_trip(tmp_path):
     with Image.open(folder / "imgs" / "2" / "sample_1.png") as im:
         assert im.mode == "L" and im.size == (32, 32)
     images, labels, skipped = pf.read_release(tmp_path, "curv_baseline")
-    want_images, want_labels = pf.generate(12, 32, seed=3, contour_length=6)
+    want_images, want_labels = gen.generate(12, 3, gen.make_spec(32, 6))
     assert skipped == 0 and images.dtype == np.uint8 and labels.dtype == np.int64
     assert np.array_equal(images, want_images) and np.array_equal(labels, want_labels)
     lra = _lra_style_read(folder)
@@ -240,7 +244,7 @@ def test_read_release_takes_binary_npy_metadata(tmp_path):
     meta.unlink()
     np.save(meta, np.array(rows))  # what the original generator's np.save writes
     images, labels, _ = pf.read_release(tmp_path)
-    want_images, want_labels = pf.generate(4, 32, seed=0, contour_length=6)
+    want_images, want_labels = gen.generate(4, 0, gen.make_spec(32, 6))
     assert np.array_equal(images, want_images) and np.array_equal(labels, want_labels)
 
 
@@ -268,7 +272,8 @@ def _edit_row(meta, row: int, edit) -> None:
 def test_malformed_rows_error_or_skip(release, edit, problem):
     root, meta = release
     _edit_row(meta, 2, edit)
-    with pytest.raises(ValueError, match=re.escape(f"{meta}: row 2: ") + ".*" + problem):
+    where = f"{meta.parent.parent}, metadata/{meta.name} row 2: "  # folder, file and row
+    with pytest.raises(ValueError, match=re.escape(where) + ".*" + problem):
         pf.read_release(root)
     images, labels, skipped = pf.read_release(root, on_bad_rows="skip")
     assert skipped == 1 and len(images) == len(labels) == 3
@@ -294,14 +299,15 @@ def test_missing_folder_and_bad_arguments(tmp_path, release):
         pf.write_release(tmp_path, 1, 0, difficulty="hard")
 
 
-def test_main_generate_writes_every_difficulty(tmp_path, capsys):
-    folders = pf.main_generate(tmp_path, num=2, seed=0, resolution=32)
-    assert set(folders) == set(pf.DIFFICULTIES)
+def test_cli_generate_writes_every_difficulty(tmp_path, capsys):
+    assert main(["data", "generate", "pathfinder", "--out", str(tmp_path), "--num", "2"]) == 0
+    assert {p.name for p in tmp_path.iterdir()} == set(pf.DIFFICULTIES)
     out = capsys.readouterr().out
     assert "curv_contour_length_14: 2/2 images" in out
+    assert all(f"pathfinder: wrote {tmp_path / d}" in out for d in pf.DIFFICULTIES)
     for difficulty, contour_length in pf.DIFFICULTIES.items():
         images, labels, _ = pf.read_release(tmp_path, difficulty)
-        want = pf.generate(2, 32, seed=0, contour_length=contour_length)
+        want = gen.generate(2, 0, gen.make_spec(32, contour_length))
         assert np.array_equal(images, want[0]) and np.array_equal(labels, want[1])
 
 
@@ -318,7 +324,7 @@ OFFICIAL = {
 @pytest.mark.parametrize("difficulty", sorted(OFFICIAL))
 def test_images_have_the_official_statistics(difficulty):
     mean, lit, levels, blobs = OFFICIAL[difficulty]
-    images, _ = pf.generate(300, 32, seed=1, contour_length=pf.DIFFICULTIES[difficulty])
+    images, _ = gen.generate(300, 1, gen.make_spec(32, pf.DIFFICULTIES[difficulty]))
     ours_lit = (images > 32).mean()
     ours_levels = np.array([len(np.unique(im)) for im in images])
     ours_blobs = np.mean([ndimage.label(im > 32)[1] for im in images])

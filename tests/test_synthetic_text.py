@@ -11,8 +11,8 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from lk_study.config import Config, with_overrides
-from lk_study.tasks import Split, hf, prepare
-from lk_study.tasks import synthetic_text as st
+from lk_study.generators import text as st
+from lk_study.tasks import Split, glue, hf, prepare, wikitext
 from lk_study.tasks.glue import SPECS
 from lk_study.tasks.wikitext import ARTICLE
 from lk_study.tasks.wordpiece import SEP_ID
@@ -60,8 +60,8 @@ def test_glue_schema_equals_the_hub(task):
         }
     )
     tests = [s.replace("validation", "test") for s in evals]
-    data = hf.load_splits("generate", "nyu-mll/glue", task, ["train", *evals, *tests])
-    assert set(st.load("nyu-mll/glue", task)) == {"train", *evals, *tests}
+    data = glue.synthetic(task)
+    assert set(data) == {"train", *evals, *tests}
     for split, ds in data.items():
         n = 64 if split in tests else 128 if split in evals else 512
         assert ds.features == features and ds.column_names == [*text, "label", "idx"]
@@ -82,7 +82,7 @@ def test_glue_schema_equals_the_hub(task):
 
 
 def test_wikitext_schema_and_layout():
-    data = st.load("Salesforce/wikitext", "wikitext-103-raw-v1")
+    data = wikitext.synthetic()
     assert set(data) == {"train", "validation", "test"}
     for split, ds in data.items():
         assert ds.features == datasets.Features({"text": datasets.Value("string")})
@@ -101,13 +101,13 @@ def test_wikitext_schema_and_layout():
 
 
 def test_generate_is_deterministic_and_splits_differ():
-    for repo, name in (("Salesforce/wikitext", "wikitext-103-raw-v1"), ("nyu-mll/glue", "mnli")):
-        a, b = st.load(repo, name), st.load(repo, name)
+    for build in (wikitext.synthetic, lambda: glue.synthetic("mnli")):
+        a, b = build(), build()
         assert {s: a[s].to_dict() for s in a} == {s: b[s].to_dict() for s in b}
-    mnli = st.load("nyu-mll/glue", "mnli")
+    mnli = glue.synthetic("mnli")
     premises = [set(mnli[s]["premise"]) for s in ("validation_matched", "validation_mismatched")]
     assert not premises[0] & premises[1]
-    assert st.load("nyu-mll/glue", "rte")["train"]["sentence1"] != mnli["train"]["premise"]
+    assert glue.synthetic("rte")["train"]["sentence1"] != mnli["train"]["premise"]
 
 
 def test_label_rules_by_hand():
@@ -156,7 +156,7 @@ def test_prepare_glue_from_generate_equals_saved_copy(task, tmp_path):
     if task == "stsb":
         assert b["label"].dtype.is_floating_point and 0 <= b["label"].min() < b["label"].max() <= 5
     # the generated DatasetDict saved to disk (source: PATH) prepares to the same tables
-    st.load("nyu-mll/glue", task).save_to_disk(str(tmp_path / "saved"))
+    glue.synthetic(task).save_to_disk(str(tmp_path / "saved"))
     saved = prepare(with_overrides(cfg, {"task.source": str(tmp_path / "saved")}).task)
     for split, path in paths.items():
         assert pq.read_table(path).equals(pq.read_table(saved[split]))
@@ -180,7 +180,7 @@ def bag_of_words(columns: list[list[str]], vectorizer: CountVectorizer) -> sp.cs
 )  # fmt: skip
 def test_labels_are_learnable_by_bag_of_words(task, ngrams, floor):
     """Well above chance (0.5; mnli 1/3; stsb Pearson 0) on validation after fitting train."""
-    data = st.load("nyu-mll/glue", task)
+    data = glue.synthetic(task)
     text = SPECS[task].text
     vectorizer = CountVectorizer(binary=True, ngram_range=(1, ngrams), token_pattern=r"[a-z]+")
     vectorizer.fit([t for c in text for t in data["train"][c]])

@@ -152,8 +152,8 @@ def test_every_task_has_the_interface(name):
 LISTOPS_SMALL = {
     "task.name": "listops",
     "task.size": 30,
-    "task.min_length": 5,
-    "task.max_length": 60,
+    "task.tree_min_tokens": 5,
+    "task.tree_max_tokens": 60,
     "task.max_depth": 4,
     "task.max_args": 4,
 }
@@ -165,7 +165,7 @@ def test_listops_generated_and_release_files(tmp_path):
     report = one_step(LISTOPS_SMALL)
     assert 0 <= report["val_accuracy"] <= 1
     listops.write_release(
-        tmp_path / "rel", 40, seed=1, min_length=5, max_length=60, max_depth=4, max_args=4
+        tmp_path / "rel", 40, seed=1, tree_min_tokens=5, tree_max_tokens=60, max_depth=4, max_args=4
     )
     cfg = with_overrides(
         Config(),

@@ -23,7 +23,8 @@ HEADS: dict[str, type[nn.Module]] = {  # a task's ``head`` -> its model class
 def build_model(cfg: Any, task: Any) -> nn.Module:
     """The model for ``cfg`` (an ``lk_study.config.Config``) and its task (the
     ``lk_study.tasks`` registry entry, passed in so models import no task): encoder sized by
-    cfg.model, kernel from the registry, the head ``HEADS[task.head]``."""
+    cfg.model, kernel from the registry, the head ``HEADS[task.head]``; the task's data
+    conventions (``pad_id``, ``ignore_index``) passed to the modules that need them."""
     m = cfg.model
     make_kernel = functools.partial(
         kernel_from_config, cfg.kernel, m.d_model // m.num_heads, m.num_heads
@@ -37,6 +38,7 @@ def build_model(cfg: Any, task: Any) -> nn.Module:
         m.d_ff,
         m.dropout,
         make_kernel,
+        padding_idx=task.pad_id,
     )
     if task.head not in HEADS:
         raise ValueError(f"unknown head {task.head!r}; valid: {', '.join(HEADS)}")

@@ -20,8 +20,6 @@ from torch import Tensor, nn
 from lk_study.attention import kernel_attention
 from lk_study.kernels import FeatureMap
 
-PAD = 0
-
 
 def sinusoidal_positions(length: int, dim: int) -> Tensor:
     """(length, dim): PE[p, 2i] = sin(p / 10000^(2i/D)), PE[p, 2i+1] = cos(...)."""
@@ -87,9 +85,11 @@ class Encoder(nn.Module):
         d_ff: int,
         dropout: float,
         make_kernel: Callable[[], FeatureMap],
+        padding_idx: int = 0,
     ) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=PAD)
+        self.padding_idx = padding_idx  # the task's PAD_ID: embedded as 0, masked as a key
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=padding_idx)
         self.cls = nn.Parameter(torch.randn(d_model) * 0.02)
         self.register_buffer("pos", sinusoidal_positions(max_len + 1, d_model), persistent=False)
         self.drop = nn.Dropout(dropout)
@@ -105,7 +105,9 @@ class Encoder(nn.Module):
             raise ValueError(f"sequence length {t} exceeds max_len {self.pos.shape[0] - 1}")
         x = torch.cat([self.cls.expand(b, 1, -1), self.embed(ids)], dim=1)  # (B, T+1, D)
         x = self.drop(x + self.pos[: t + 1])
-        key_valid = torch.cat([ids.new_ones(b, 1, dtype=torch.bool), ids != PAD], dim=1)
+        key_valid = torch.cat(
+            [ids.new_ones(b, 1, dtype=torch.bool), ids != self.padding_idx], dim=1
+        )
         for layer in self.layers:
             x = layer(x, key_valid)
         return self.ln(x)

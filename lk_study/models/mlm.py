@@ -2,7 +2,7 @@
 pre-trained encoder into any head.
 
     hidden states (B, T+1, D) --drop row 0 ([CLS])--> h (B, T, D)
-    --gather the N target positions (label ≠ IGNORE)--> (N, D)
+    --gather the N target positions (label ≠ ignore_index)--> (N, D)
     --transform: Linear(D, D) -> GELU -> LayerNorm--> (N, D)
     --decoder tied to the input embedding E (V, D): logits = (h / √D) Eᵀ + b--> (N, V)
 
@@ -33,34 +33,32 @@ from torch import Tensor, nn
 from lk_study.checkpoints import CHECKPOINT_FILE, checkpoint_file, load_encoder
 from lk_study.models.encoder import Encoder
 
-IGNORE = -100  # lk_study.tasks.base.IGNORE: a token without a target
-
-__all__ = ["CHECKPOINT_FILE", "IGNORE", "MaskedLM", "checkpoint_file", "load_encoder"]
+__all__ = ["CHECKPOINT_FILE", "MaskedLM", "checkpoint_file", "load_encoder"]
 
 
 class MaskedLM(nn.Module):
-    def __init__(self, encoder: Encoder) -> None:
+    def __init__(self, encoder: Encoder, ignore_index: int) -> None:
         super().__init__()
         self.encoder = encoder
+        self.ignore_index = ignore_index  # the task's IGNORE: a token without a target
         d = encoder.cls.shape[0]
         self.transform = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.bias = nn.Parameter(torch.zeros(encoder.embed.num_embeddings))
 
     @classmethod
     def build(cls, encoder: Encoder, cfg: Any, task: Any) -> MaskedLM:
-        return cls(encoder)
+        return cls(encoder, task.ignore_index)
 
     def forward(self, batch: dict) -> Tensor:
         h = self.encoder(batch["ids"])[:, 1:]  # (B, T, D): token positions, [CLS] dropped
         label = batch.get("label")
         if label is not None:
-            h = h[label != IGNORE]  # (N, D), row-major order of the targets
+            h = h[label != self.ignore_index]  # (N, D), row-major order of the targets
         h = self.transform(h) * self.bias.new_tensor(h.shape[-1] ** -0.5)
         return F.linear(h, self.encoder.embed.weight, self.bias)  # (..., V)
 
-    @staticmethod
-    def _targets(label: Tensor) -> Tensor:
-        return label[label != IGNORE]  # (N,), the order forward() gathers in
+    def _targets(self, label: Tensor) -> Tensor:
+        return label[label != self.ignore_index]  # (N,), the order forward() gathers in
 
     def loss(self, out: Tensor, label: Tensor) -> Tensor:
         target = self._targets(label)

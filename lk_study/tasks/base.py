@@ -217,6 +217,7 @@ class Task:
     Config          frozen dataclass, subclass of ``TaskConfig``: the ``task:`` section
     head            a key of ``lk_study.models.HEADS``: classify | regress | dual | mlm
     splits          "train" plus the evaluation splits ``prepare`` builds
+    pad_id, ignore_index  the data conventions above, handed to the model by build_model
     prepare(cfg)    -> {split: Path} of Parquet files (``prepare_cached``: once per machine)
     vocab_size(cfg), num_outputs(cfg)
     metrics(pred, label) -> {name: value}  (scikit-learn / scipy definitions)
@@ -229,6 +230,8 @@ class Task:
     Config: type[TaskConfig] = TaskConfig
     head: str = "classify"
     splits: tuple[str, ...] = ("train", "validation")
+    pad_id: int = PAD_ID  # what build_model tells the encoder
+    ignore_index: int = IGNORE  # and the MLM head
 
     def prepare(self, cfg: TaskConfig) -> dict[str, Path]:
         raise NotImplementedError

@@ -4,7 +4,8 @@ Data: ``nyu-mll/glue`` with the task's config name (``task.source: hub``), or a 
 DatasetDict saved by ``save_to_disk`` (PATH itself, or PATH/<task> so that one root holding
 every task serves a whole GLUE grid), or ``generate``: a small synthetic stand-in in the hub's
 schema with labels learnable from the text, for offline smoke runs and tests
-(``lk_study.tasks.synthetic_text``; not a benchmark). Test splits (labels −1) are never used.
+(``synthetic``, from the grammar of ``lk_study.generators.text``; not a benchmark). Test
+splits (labels −1) are never used.
 
     task   text columns            labels             head      metric (GLUE's)
     cola   sentence                2                  classify  Matthews correlation
@@ -37,6 +38,7 @@ import hashlib
 import logging
 import math
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +46,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from lk_study.generators import text
 from lk_study.tasks import hf, metrics
-from lk_study.tasks.base import TaskConfig, check, ids_array, prepare_cached
+from lk_study.tasks.base import BadRows, Task, TaskConfig, check, ids_array, prepare_cached
 from lk_study.tasks.wordpiece import NUM_SPECIAL, WordPiece
 
 logger = logging.getLogger(__name__)
@@ -58,29 +61,93 @@ _INT = re.compile(r"[+-]?[0-9]+")
 
 @dataclass(frozen=True)
 class Spec:
-    """One GLUE task: its columns, label space, metric and evaluation splits."""
+    """One GLUE task: its columns, label space, metric and evaluation splits, and how the GLUE
+    table (``lk_study.analysis.glue_table``) reports it: ``metrics`` are the official dev
+    metrics as training reports them (``val_`` + split + the ``metric``'s key), each shown as
+    its column ``label`` + ``metric_labels`` (the label alone for a one-metric task)."""
 
     text: tuple[str, ...]  # one column, or a pair
     num_labels: int  # classes; 1 = regression (STS-B)
     metric: Callable[[np.ndarray, np.ndarray], dict[str, float]]
     eval_splits: tuple[str, ...] = ("validation",)
+    label: str = dataclasses.field(kw_only=True)  # the GLUE table's column, e.g. "MRPC"
+    metrics: tuple[str, ...] = dataclasses.field(kw_only=True)  # e.g. val_accuracy, val_f1
+    metric_labels: tuple[str, ...] = dataclasses.field(kw_only=True)  # e.g. acc, F1
+
+    def __post_init__(self) -> None:
+        if len(self.metrics) != len(self.metric_labels):
+            raise ValueError(f"{self.label}: one metric label per metric, got {self}")
 
 
 SPECS: dict[str, Spec] = {
-    "cola": Spec(("sentence",), 2, metrics.mcc),
-    "sst2": Spec(("sentence",), 2, metrics.accuracy),
-    "mrpc": Spec(("sentence1", "sentence2"), 2, metrics.accuracy_f1),
-    "qqp": Spec(("question1", "question2"), 2, metrics.accuracy_f1),
-    "stsb": Spec(("sentence1", "sentence2"), 1, metrics.pearson_spearman),
+    "cola": Spec(
+        ("sentence",), 2, metrics.mcc, label="CoLA", metrics=("val_mcc",), metric_labels=("MCC",)
+    ),
+    "sst2": Spec(
+        ("sentence",),
+        2,
+        metrics.accuracy,
+        label="SST-2",
+        metrics=("val_accuracy",),
+        metric_labels=("acc",),
+    ),
+    "mrpc": Spec(
+        ("sentence1", "sentence2"),
+        2,
+        metrics.accuracy_f1,
+        label="MRPC",
+        metrics=("val_accuracy", "val_f1"),
+        metric_labels=("acc", "F1"),
+    ),
+    "qqp": Spec(
+        ("question1", "question2"),
+        2,
+        metrics.accuracy_f1,
+        label="QQP",
+        metrics=("val_accuracy", "val_f1"),
+        metric_labels=("acc", "F1"),
+    ),
+    "stsb": Spec(
+        ("sentence1", "sentence2"),
+        1,
+        metrics.pearson_spearman,
+        label="STS-B",
+        metrics=("val_pearson", "val_spearman"),
+        metric_labels=("Pearson", "Spearman"),
+    ),
     "mnli": Spec(
         ("premise", "hypothesis"),
         3,
         metrics.accuracy,
         ("validation_matched", "validation_mismatched"),
+        label="MNLI",
+        metrics=("val_matched_accuracy", "val_mismatched_accuracy"),
+        metric_labels=("m", "mm"),
     ),
-    "qnli": Spec(("question", "sentence"), 2, metrics.accuracy),
-    "rte": Spec(("sentence1", "sentence2"), 2, metrics.accuracy),
-    "wnli": Spec(("sentence1", "sentence2"), 2, metrics.accuracy),
+    "qnli": Spec(
+        ("question", "sentence"),
+        2,
+        metrics.accuracy,
+        label="QNLI",
+        metrics=("val_accuracy",),
+        metric_labels=("acc",),
+    ),
+    "rte": Spec(
+        ("sentence1", "sentence2"),
+        2,
+        metrics.accuracy,
+        label="RTE",
+        metrics=("val_accuracy",),
+        metric_labels=("acc",),
+    ),
+    "wnli": Spec(
+        ("sentence1", "sentence2"),
+        2,
+        metrics.accuracy,
+        label="WNLI",
+        metrics=("val_accuracy",),
+        metric_labels=("acc",),
+    ),
 }
 
 
@@ -177,7 +244,7 @@ def parse_label(value: object, num_labels: int) -> tuple[float | int | None, str
     return value, ""
 
 
-class Glue:
+class Glue(Task):
     """Registry entry ``glue/<task>``."""
 
     def __init__(self, task: str) -> None:
@@ -197,9 +264,6 @@ class Glue:
                 f"{cfg.tokenizer} has {size} ids; set task.vocab_size: 0 (= the tokenizer's)"
             )
         return size
-
-    def max_len(self, cfg: GlueConfig) -> int:
-        return cfg.max_len
 
     def num_outputs(self, cfg: GlueConfig) -> int:
         return self.spec.num_labels
@@ -224,7 +288,7 @@ class Glue:
         hf.check_columns(ds, columns, where)
         texts: list[list[str]] = [[] for _ in self.spec.text]
         labels: list[float | int] = []
-        skipped: list[str] = []
+        bad = BadRows(cfg.on_bad_rows, where)
         for start, table in hf.chunks(ds, columns):
             cols = [table.column(c).to_pylist() for c in columns]
             for row, values in enumerate(zip(*cols, strict=True), start):
@@ -241,24 +305,16 @@ class Glue:
                 if not problem:
                     label, problem = parse_label(raw, self.spec.num_labels)
                 if problem:
-                    if cfg.on_bad_rows == "error":
-                        raise ValueError(
-                            f"{where} row {row}: {problem} "
-                            f"(fix the row, or set task.on_bad_rows: skip)"
-                        )
-                    skipped.append(f"row {row}: {problem}")
+                    bad(f"row {row}", problem)
                     continue
                 for col, t in zip(texts, row_texts, strict=True):
                     col.append(t)
                 labels.append(label)
-        if skipped:
-            logger.warning(
-                "%s: skipped %d malformed row(s), first: %s", where, len(skipped), skipped[0]
-            )
+        bad.log()
         if not labels:
             raise ValueError(f"{where}: no valid rows")
         dtype = np.float64 if self.spec.num_labels == 1 else np.int64
-        return texts, np.asarray(labels, dtype=dtype), len(skipped)
+        return texts, np.asarray(labels, dtype=dtype), bad.skipped
 
     def _tokenizer(self, cfg: GlueConfig, train_texts: list[list[str]]) -> WordPiece:
         if cfg.tokenizer:
@@ -270,7 +326,14 @@ class Glue:
         """Validate, tokenize and cache the splits (Parquet, once per machine, under a lock)."""
 
         def build() -> dict[str, pa.Table]:
-            data = hf.load_splits(cfg.source, HUB_REPO, self.task, self.splits, self.task)
+            data = hf.load_splits(
+                cfg.source,
+                HUB_REPO,
+                self.task,
+                self.splits,
+                self.task,
+                generate=lambda: synthetic(self.task),
+            )
             what = f"{cfg.name}: {hf.describe(cfg.source, HUB_REPO, self.task)}"
             read = {s: self.read_split(cfg, data[s], f"{what} split {s!r}") for s in self.splits}
             tok = self._tokenizer(cfg, read["train"][0])
@@ -302,3 +365,76 @@ CONFIGS: dict[str, type[GlueConfig]] = {
     "rte": RteConfig,
     "wnli": WnliConfig,
 }
+
+
+# ------------------------------------------------------ source: generate (offline stand-in)
+
+SYNTHETIC_ROWS = {"train": 512, "validation": 128, "test": 64}  # per split (each eval split)
+
+# The hub's label names (ClassLabel order) per GLUE task; None = float32 score (stsb).
+LABEL_NAMES: dict[str, tuple[str, ...] | None] = {
+    "cola": ("unacceptable", "acceptable"),
+    "sst2": ("negative", "positive"),
+    "mrpc": ("not_equivalent", "equivalent"),
+    "qqp": ("not_duplicate", "duplicate"),
+    "stsb": None,
+    "mnli": ("entailment", "neutral", "contradiction"),
+    "qnli": ("entailment", "not_entailment"),
+    "rte": ("entailment", "not_entailment"),
+    "wnli": ("not_entailment", "entailment"),
+}
+
+
+def _rng(*parts: str) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32("/".join(parts).encode()))
+
+
+def hub_features(task: str):
+    """The hub's features of a GLUE task: text columns, label, idx."""
+    import datasets
+
+    names = LABEL_NAMES[task]
+    label = datasets.ClassLabel(names=list(names)) if names else datasets.Value("float32")
+    return datasets.Features(
+        {
+            **{c: datasets.Value("string") for c in SPECS[task].text},
+            "label": label,
+            "idx": datasets.Value("int32"),
+        }
+    )
+
+
+def hub_split_names(task: str) -> list[str]:
+    """train, then each evaluation split and its test split (as the hub orders them)."""
+    evals = SPECS[task].eval_splits
+    return ["train", *evals, *(s.replace("validation", "test") for s in evals)]
+
+
+def synthetic(task: str):
+    """``source: generate``: a DatasetDict of GLUE task ``task`` in the hub's schema (its
+    columns, ClassLabel names, ``idx``, splits; test splits labelled −1), ``SYNTHETIC_ROWS``
+    rows per split, each label a rule of the text (``lk_study.generators.text``). Seeded by
+    (repo, task, split): two calls give identical data."""
+    import datasets
+
+    spec = SPECS[task]
+    splits = {}
+    for split in hub_split_names(task):
+        rng = _rng(HUB_REPO, task, split)
+        kind = "test" if split.startswith("test") else split.split("_")[0]
+        n = SYNTHETIC_ROWS[kind]
+        genre = "mismatched" if split.endswith("mismatched") else "matched"
+        classes = 6 if spec.num_labels == 1 else spec.num_labels  # stsb: targets 0..5
+        targets = rng.permutation(np.arange(n) % classes)
+        writer = text.Writer(rng, text.GLUE_WORDS)
+        rows = [text.ROWS[task](writer, int(t), genre) for t in targets]
+        columns = {c: [r[i] for r in rows] for i, c in enumerate(spec.text)}
+        if kind == "test":
+            labels = [-1.0 if spec.num_labels == 1 else -1] * n
+        else:
+            labels = [text.LABEL_RULES[task](*r) for r in rows]
+        columns.update(label=labels, idx=list(range(n)))
+        splits[split] = datasets.Dataset.from_dict(
+            columns, features=hub_features(task), split=split
+        )
+    return datasets.DatasetDict(splits)

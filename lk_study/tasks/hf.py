@@ -1,9 +1,10 @@
 """Hugging Face ``datasets`` sources: ``task.source: hub``, ``generate`` or a PATH.
 
     "hub"       -> datasets.load_dataset(repo, config_name)   (downloads; users with network)
-    "generate"  -> a small synthetic stand-in in the hub's schema, built in memory
-                   (``lk_study.tasks.synthetic_text``: WikiText-103 and GLUE; offline smoke
-                   runs and tests, not a benchmark)
+    "generate"  -> a small synthetic stand-in in the hub's schema, built in memory by the
+                   ``generate`` builder the task passes in (WikiText-103 and GLUE, from the
+                   grammar of ``lk_study.generators.text``; offline smoke runs and tests,
+                   not a benchmark)
     PATH        -> datasets.load_from_disk(PATH), or PATH/<subdir> when PATH holds one folder
                    per task (e.g. every GLUE task saved under one root), each written by
                    ``DatasetDict.save_to_disk``
@@ -13,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,19 +33,29 @@ def describe(source: str, repo: str, config_name: str | None) -> str:
 
 
 def load_splits(
-    source: str, repo: str, config_name: str | None, splits: Sequence[str], subdir: str = ""
+    source: str,
+    repo: str,
+    config_name: str | None,
+    splits: Sequence[str],
+    subdir: str = "",
+    generate: Callable[[], object] | None = None,
 ) -> dict:
-    """{split: datasets.Dataset} for ``splits`` from the hub, the generator or a saved
-    DatasetDict."""
+    """{split: datasets.Dataset} for ``splits`` from the hub, a saved DatasetDict, or
+    (``source: generate``) the DatasetDict that the task's stand-in builder ``generate()``
+    returns."""
     import datasets
 
     what = describe(source, repo, config_name)
     if source == "hub":
         data = datasets.load_dataset(repo, config_name)
     elif source == "generate":
-        from lk_study.tasks import synthetic_text
-
-        data = synthetic_text.load(repo, config_name)
+        if generate is None:
+            raise ValueError(
+                f"source: generate has no synthetic stand-in for {what} (it covers "
+                "wikitext103_mlm and glue/<task>); use source: hub or a PATH to a saved "
+                "DatasetDict"
+            )
+        data = generate()
     else:
         root = Path(source).expanduser()
         candidates = [root / subdir, root] if subdir else [root]

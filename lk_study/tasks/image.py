@@ -54,11 +54,13 @@ import pyarrow as pa
 from PIL import Image as PILImage
 
 from lk_study.tasks.base import (
+    BYTE_VOCAB,
     AccuracyTask,
     BadRows,
     TaskConfig,
     check,
     ids_array,
+    intensity_ids,
     prepare_cached,
     progress,
 )
@@ -66,7 +68,6 @@ from lk_study.tasks.hf import load_splits
 
 HUB_NAME = "uoft-cs/cifar10"
 SPLITS = {"train": "train", "validation": "test"}
-PIXEL_VOCAB = 257
 NUM_CLASSES = 10
 RESIZE = ("error", "pad", "resize")
 RESAMPLE = PILImage.Resampling.BICUBIC  # resize: resize
@@ -188,8 +189,9 @@ def fit_size(grey: np.ndarray, resolution: int, resize: str, where: str) -> np.n
 
 
 def pixel_table(images: np.ndarray, labels: np.ndarray) -> pa.Table:
-    flat = images.reshape(len(images), -1).astype(np.int32) + 1
-    return pa.table({"ids": ids_array(flat), "label": pa.array(labels.astype(np.int64))})
+    """uint8 images (N, R, R) and labels (N,) -> the prepared table (``intensity_ids``)."""
+    ids = ids_array(intensity_ids(images))
+    return pa.table({"ids": ids, "label": pa.array(labels.astype(np.int64))})
 
 
 def encode_hf(rows, cfg: ImageConfig, where: str) -> pa.Table:
@@ -223,7 +225,7 @@ class Image(AccuracyTask):
     Config = ImageConfig
 
     def vocab_size(self, cfg: ImageConfig) -> int:
-        return PIXEL_VOCAB
+        return BYTE_VOCAB
 
     def max_len(self, cfg: ImageConfig) -> int:
         return cfg.resolution**2

@@ -99,9 +99,6 @@ class Retrieval(AccuracyTask):
     def vocab_size(self, cfg: RetrievalConfig) -> int:
         return BYTE_VOCAB
 
-    def max_len(self, cfg: RetrievalConfig) -> int:
-        return cfg.max_len
-
     def num_outputs(self, cfg: RetrievalConfig) -> int:
         return 2
 

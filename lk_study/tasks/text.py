@@ -72,9 +72,6 @@ class Text(AccuracyTask):
     def vocab_size(self, cfg: TextConfig) -> int:
         return BYTE_VOCAB
 
-    def max_len(self, cfg: TextConfig) -> int:
-        return cfg.max_len
-
     def num_outputs(self, cfg: TextConfig) -> int:
         return 2
 

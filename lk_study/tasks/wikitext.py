@@ -3,7 +3,7 @@
 Data: ``Salesforce/wikitext`` / ``wikitext-103-raw-v1`` (train and validation, one ``text``
 row per line of the articles), or a DatasetDict with those splits saved by ``save_to_disk``,
 or (``source: generate``) a small synthetic corpus in the same layout for offline smoke runs
-and tests (``lk_study.tasks.synthetic_text``; not a benchmark).
+and tests (``synthetic``, from the grammar of ``lk_study.generators.text``; not a benchmark).
 
 Preparation (once per machine, cached as Parquet):
 
@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +42,17 @@ import numpy as np
 import pyarrow as pa
 from filelock import FileLock
 
+from lk_study.generators import text
 from lk_study.tasks import hf, metrics
-from lk_study.tasks.base import IGNORE, TaskConfig, cache_root, check, prepare_cached
+from lk_study.tasks.base import (
+    IGNORE,
+    BadRows,
+    Task,
+    TaskConfig,
+    cache_root,
+    check,
+    prepare_cached,
+)
 from lk_study.tasks.wordpiece import MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, WordPiece
 
 logger = logging.getLogger(__name__)
@@ -108,7 +118,7 @@ def _list_column(values: np.ndarray, lengths: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
 
 
-class WikiText103MLM:
+class WikiText103MLM(Task):
     """Registry entry ``wikitext103_mlm``: masked-LM pre-training on WikiText-103."""
 
     Config = WikiTextConfig
@@ -117,9 +127,6 @@ class WikiText103MLM:
 
     def vocab_size(self, cfg: WikiTextConfig) -> int:
         return cfg.vocab_size
-
-    def max_len(self, cfg: WikiTextConfig) -> int:
-        return cfg.max_len
 
     def num_outputs(self, cfg: WikiTextConfig) -> int:
         return cfg.vocab_size
@@ -131,7 +138,7 @@ class WikiText103MLM:
     # --- data ---------------------------------------------------------------------------
 
     def _load(self, cfg: WikiTextConfig) -> dict:
-        data = hf.load_splits(cfg.source, *HUB, SPLITS)
+        data = hf.load_splits(cfg.source, *HUB, SPLITS, generate=synthetic)
         for split, ds in data.items():
             hf.check_columns(ds, ["text"], f"{self._where(cfg)} split {split!r}")
         return data
@@ -169,32 +176,20 @@ class WikiText103MLM:
         """All tokens of a split, one int32 stream, [SEP] between articles."""
         pieces: list[np.ndarray] = []
         sep = np.asarray([SEP_ID], dtype=np.int32)
-        skipped: list[int] = []
+        bad = BadRows(cfg.on_bad_rows, f"{self._where(cfg)} split {split!r}")
         for start, table in hf.chunks(ds, ["text"]):
             lines = table.column("text").to_pylist()
             keep = []
             for row, line in enumerate(lines, start):
                 if line is None:
-                    if cfg.on_bad_rows == "error":
-                        raise ValueError(
-                            f"{self._where(cfg)} split {split!r} row {row}: text is null "
-                            f"(fix the row, or set task.on_bad_rows: skip)"
-                        )
-                    skipped.append(row)
+                    bad(f"row {row}", "text is null")
                 elif line.strip():
                     keep.append(line)
             for line, ids in zip(keep, tok.encode_batch(keep), strict=True):
                 if ARTICLE.match(line.rstrip("\n")) and pieces:
                     pieces.append(sep)
                 pieces.append(ids)
-        if skipped:
-            logger.warning(
-                "%s split %r: skipped %d malformed row(s) (null text), first: row %d",
-                self._where(cfg),
-                split,
-                len(skipped),
-                skipped[0],
-            )
+        bad.log()
         stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
         if not len(stream):
             raise ValueError(f"{self._where(cfg)} split {split!r}: no text")
@@ -252,3 +247,31 @@ class WikiText103MLM:
             return tables
 
         return prepare_cached(cfg, SPLITS, build)
+
+
+# ------------------------------------------------------ source: generate (offline stand-in)
+
+SYNTHETIC_PARAGRAPHS = {"train": 2000, "validation": 200, "test": 200}
+
+
+def _rng(*parts: str) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32("/".join(parts).encode()))
+
+
+def synthetic():
+    """``source: generate``: a DatasetDict of WikiText-103 raw in the hub's schema (splits
+    train / validation / test, one ``text`` row per line: headings, blank rows, paragraphs;
+    ``SYNTHETIC_PARAGRAPHS`` per split), seeded by (repo, config, split)."""
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string")})
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {"text": text.wikitext_lines(n, _rng(*HUB, split))},
+                features=features,
+                split=split,
+            )
+            for split, n in SYNTHETIC_PARAGRAPHS.items()
+        }
+    )

@@ -35,8 +35,11 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[MASK]")
-PAD_ID, UNK_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+from lk_study.tasks.base import PAD_ID
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[MASK]")  # [PAD] first: its id is PAD_ID
+UNK_ID, SEP_ID, MASK_ID = (SPECIAL_TOKENS.index(t) for t in ("[UNK]", "[SEP]", "[MASK]"))
+assert SPECIAL_TOKENS.index("[PAD]") == PAD_ID
 NUM_SPECIAL = len(SPECIAL_TOKENS)
 UNUSED = "[unused{}]"
 BATCH = 10_000  # texts per encode_batch call (bounds the memory of Encoding objects)

@@ -1,4 +1,6 @@
-"""Synthetic English-like text in the hub's schema of WikiText-103 and GLUE (``source: generate``).
+"""A grammar of English-like text and GLUE label rules: the offline stand-ins (``source: generate``)
+of WikiText-103 and GLUE, built by ``lk_study.tasks.wikitext.synthetic`` and
+``lk_study.tasks.glue.synthetic`` in the hub's schema.
 
 Why: offline ``--smoke`` studies, tests and CI need text tasks that build without a download.
 This is NOT a benchmark: scores on it say nothing about WikiText-103 or GLUE. The data is
@@ -49,17 +51,9 @@ identical data.
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Callable
 
 import numpy as np
-
-from lk_study.tasks.glue import HUB_REPO as GLUE_REPO
-from lk_study.tasks.glue import SPECS
-from lk_study.tasks.wikitext import HUB as WIKITEXT_HUB
-
-GLUE_SIZES = {"train": 512, "validation": 128, "test": 64}  # rows per split (each eval split)
-WIKITEXT_PARAGRAPHS = {"train": 2000, "validation": 200, "test": 200}
 
 WORDS: dict[str, tuple[str, ...]] = {
     "determiner": ("the", "this", "that", "every", "one"),
@@ -131,20 +125,6 @@ _LETTER = {
 }
 _CLAUSE = r"DA*NR?VDA*N(?:PDA*N)?"
 _GRAMMAR = re.compile(rf"{_CLAUSE}(?:C{_CLAUSE})*")
-
-# The hub's label names (ClassLabel order) per GLUE task; None = float32 score (stsb).
-LABEL_NAMES: dict[str, tuple[str, ...] | None] = {
-    "cola": ("unacceptable", "acceptable"),
-    "sst2": ("negative", "positive"),
-    "mrpc": ("not_equivalent", "equivalent"),
-    "qqp": ("not_duplicate", "duplicate"),
-    "stsb": None,
-    "mnli": ("entailment", "neutral", "contradiction"),
-    "qnli": ("entailment", "not_entailment"),
-    "rte": ("entailment", "not_entailment"),
-    "wnli": ("not_entailment", "entailment"),
-}
-
 
 # ------------------------------------------------------------------ label rules (text -> label)
 
@@ -360,61 +340,6 @@ ROWS: dict[str, Callable[[Writer, int, str], tuple[str, ...]]] = {
 }
 
 
-# ---------------------------------------------------------------------------------- datasets
-
-
-def _rng(*parts: str) -> np.random.Generator:
-    return np.random.default_rng(zlib.crc32("/".join(parts).encode()))
-
-
-def glue_features(task: str):
-    """The hub's features of a GLUE task: text columns, label, idx."""
-    import datasets
-
-    names = LABEL_NAMES[task]
-    label = datasets.ClassLabel(names=list(names)) if names else datasets.Value("float32")
-    return datasets.Features(
-        {
-            **{c: datasets.Value("string") for c in SPECS[task].text},
-            "label": label,
-            "idx": datasets.Value("int32"),
-        }
-    )
-
-
-def glue_split_names(task: str) -> list[str]:
-    """train, then each evaluation split and its test split (as the hub orders them)."""
-    evals = SPECS[task].eval_splits
-    return ["train", *evals, *(s.replace("validation", "test") for s in evals)]
-
-
-def glue(task: str):
-    """DatasetDict of one GLUE task in the hub's schema (see the module docstring)."""
-    import datasets
-
-    spec = SPECS[task]
-    splits = {}
-    for split in glue_split_names(task):
-        rng = _rng(GLUE_REPO, task, split)
-        kind = "test" if split.startswith("test") else split.split("_")[0]
-        n = GLUE_SIZES[kind]
-        genre = "mismatched" if split.endswith("mismatched") else "matched"
-        classes = 6 if spec.num_labels == 1 else spec.num_labels  # stsb: targets 0..5
-        targets = rng.permutation(np.arange(n) % classes)
-        writer = Writer(rng, GLUE_WORDS)
-        rows = [ROWS[task](writer, int(t), genre) for t in targets]
-        columns = {c: [r[i] for r in rows] for i, c in enumerate(spec.text)}
-        if kind == "test":
-            labels = [-1.0 if spec.num_labels == 1 else -1] * n
-        else:
-            labels = [LABEL_RULES[task](*r) for r in rows]
-        columns.update(label=labels, idx=list(range(n)))
-        splits[split] = datasets.Dataset.from_dict(
-            columns, features=glue_features(task), split=split
-        )
-    return datasets.DatasetDict(splits)
-
-
 def _wikitext_sentence(w: Writer) -> str:
     """WikiText style: spaced punctuation, 'In 1854 , Arden painted the old boat .'"""
     parts = w.clause()
@@ -445,33 +370,3 @@ def wikitext_lines(paragraphs: int, rng: np.random.Generator) -> list[str]:
             if written == paragraphs:
                 break
     return lines
-
-
-def wikitext():
-    """DatasetDict of WikiText-103 raw in the hub's schema (column ``text``)."""
-    import datasets
-
-    features = datasets.Features({"text": datasets.Value("string")})
-    return datasets.DatasetDict(
-        {
-            split: datasets.Dataset.from_dict(
-                {"text": wikitext_lines(n, _rng(*WIKITEXT_HUB, split))},
-                features=features,
-                split=split,
-            )
-            for split, n in WIKITEXT_PARAGRAPHS.items()
-        }
-    )
-
-
-def load(repo: str, config_name: str | None):
-    """The generated stand-in for hub dataset (repo, config_name), a DatasetDict."""
-    if (repo, config_name) == WIKITEXT_HUB:
-        return wikitext()
-    if repo == GLUE_REPO and config_name in SPECS:
-        return glue(config_name)
-    what = repo + (f" ({config_name})" if config_name else "")
-    raise ValueError(
-        f"source: generate has no synthetic stand-in for hub dataset {what} (it covers "
-        f"wikitext103_mlm and glue/<task>); use source: hub or a PATH to a saved DatasetDict"
-    )
