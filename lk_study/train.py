@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from lk_study.config import (
     with_overrides,
 )
 from lk_study.tasks import Split, get_task, prepare
+from lk_study.tasks.base import PAD_ID
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
@@ -164,6 +166,125 @@ def peak_memory_mib(device: torch.device) -> float:
 Report = Callable[[dict[str, Any], "dict | None"], None]
 
 
+def _data(cfg: Config, task, rank: int, world_size: int):
+    """This worker's train shard, eval splits, per-worker batch, steps per epoch, and the
+    train config with epochs and warmup_ratio resolved to steps."""
+    paths = prepare(cfg.task)  # cached; generated once per machine under a file lock
+    max_len = task.max_len(cfg.task)
+    train = Split(paths["train"], rank, world_size, max_len)
+    evals = {s: Split(paths[s], rank, world_size, max_len) for s in task.splits if s != "train"}
+    local_batch = max(cfg.train.batch_size // world_size, 1)
+    steps_per_epoch = max(train.total_rows // (local_batch * world_size), 1)
+    return train, evals, local_batch, steps_per_epoch, cfg.train.resolve(steps_per_epoch)
+
+
+def _optimiser(core: torch.nn.Module, t: TrainConfig):
+    """AdamW (no weight decay on spectral parameters, norms, biases) and its lr schedule."""
+    optim = torch.optim.AdamW(
+        param_groups(core, t.weight_decay),
+        lr=t.lr,
+        betas=(t.beta1, t.beta2),
+        eps=t.adam_eps,
+        weight_decay=t.weight_decay,
+    )
+    return optim, torch.optim.lr_scheduler.LambdaLR(optim, functools.partial(lr_factor, t))
+
+
+@dataclass
+class _Run:
+    """What one ``fit`` call trains: the model (``core``, and ``model`` as wrapped for DDP),
+    its optimiser and schedule, the data and the resolved train config."""
+
+    cfg: Config
+    task: Any
+    model: torch.nn.Module
+    core: torch.nn.Module
+    optim: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    evals: dict[str, Split]
+    t: TrainConfig
+    local_batch: int
+    steps_per_epoch: int
+    elapsed: float  # seconds trained before this call (resumed runs)
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def amp(self) -> bool:
+        return self.device.type == "cuda"
+
+
+class _Reporter:
+    """Evaluates every split, adds the training counters since the last report, and calls
+    ``report(metrics, state)`` (the state only on rank 0, none for a failed run)."""
+
+    def __init__(self, run: _Run, report: Report) -> None:
+        self.run, self.report = run, report
+        self.t0 = self.last = time.perf_counter()
+        self.loss_sum, self.loss_n, self.tokens = 0.0, 0, 0
+        # files each checkpoint carries besides the state (e.g. the MLM's tokenizer.json)
+        files = run.task.artifacts(run.cfg.task)
+        self.artifacts = {name: str(path) for name, path in files.items()}
+        self.num_params = sum(p.numel() for p in run.core.parameters())
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.loss_sum += loss
+        self.loss_n += 1
+        self.tokens += tokens
+
+    def __call__(self, done: int, draw: int, error: str | None = None) -> None:
+        run = self.run
+        t, metrics, results = run.t, {}, {}
+        for split_name, split in run.evals.items():
+            results[split_name] = result = evaluate(
+                run.model,
+                run.core,
+                split,
+                run.task,
+                run.local_batch * 4,
+                run.device,
+                run.amp,
+                t.seed,
+                run.cfg.kernel.eval_draws,
+                draw,
+            )
+            metrics.update({f"{metric_prefix(split_name)}{k}": v for k, v in result.items()})
+        score = run.task.score(results)  # one number over the eval splits (GLUE's task score)
+        if score is not None:
+            metrics["val_score"] = score
+        now = time.perf_counter()
+        counts = [self.loss_sum, float(self.loss_n), float(self.tokens)]
+        train_loss, n, tok = _all_sum(counts, run.device)
+        metrics.update(
+            step=done,
+            epoch=done / run.steps_per_epoch,
+            total_steps=t.max_steps,
+            train_loss=train_loss / max(n, 1),
+            tokens_per_s=tok / max(now - self.last, 1e-9),
+            seconds=run.elapsed + now - self.t0,
+            lr=run.sched.get_last_lr()[0],
+            peak_mib=peak_memory_mib(run.device),
+            num_params=self.num_params,
+            world_size=run.world_size,
+        )
+        snapshot = None
+        if error is not None:
+            metrics["error"] = error
+        elif run.rank == 0:
+            snapshot = {
+                "model": run.core.state_dict(),
+                "optim": run.optim.state_dict(),
+                "sched": run.sched.state_dict(),
+                "step": done,
+                "seconds": metrics["seconds"],
+                "config": to_dict(run.cfg),
+                "artifacts": self.artifacts,
+            }
+        self.report(metrics, snapshot)
+        self.loss_sum, self.loss_n, self.tokens, self.last = 0.0, 0, 0, time.perf_counter()
+
+
 def fit(
     cfg: Config,
     report: Report,
@@ -180,27 +301,9 @@ def fit(
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.train.seed)
     task = get_task(cfg.task.name)
-    paths = prepare(cfg.task)  # cached; generated once per machine under a file lock
-    max_len = task.max_len(cfg.task)
-    train = Split(paths["train"], rank, world_size, max_len)
-    evals = {s: Split(paths[s], rank, world_size, max_len) for s in task.splits if s != "train"}
-    local_batch = max(cfg.train.batch_size // world_size, 1)
-    steps_per_epoch = max(train.total_rows // (local_batch * world_size), 1)
-    t = cfg.train.resolve(steps_per_epoch)  # epochs, warmup_ratio -> steps
-    # files each checkpoint carries besides the state (e.g. the MLM's tokenizer.json)
-    files = task.artifacts(cfg.task)
-    artifacts = {name: str(path) for name, path in files.items()}
-
+    train, evals, local_batch, steps_per_epoch, t = _data(cfg, task, rank, world_size)
     core = build_model(cfg).to(device)
-    num_params = sum(p.numel() for p in core.parameters())
-    optim = torch.optim.AdamW(
-        param_groups(core, t.weight_decay),
-        lr=t.lr,
-        betas=(t.beta1, t.beta2),
-        eps=t.adam_eps,
-        weight_decay=t.weight_decay,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, functools.partial(lr_factor, t))
+    optim, sched = _optimiser(core, t)
     start, elapsed = 0, 0.0
     if state is None and cfg.model.init_from:
         loaded = load_encoder(core, cfg.model.init_from)
@@ -218,60 +321,11 @@ def fit(
 
     core.encoder.resample_kernels(t.seed, train_draw(start))
     model = wrap(core)
-    amp = device.type == "cuda"
-
-    t0, tokens, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
-    last_report = t0
-
-    def evaluate_and_report(done: int, error: str | None = None) -> None:
-        nonlocal loss_sum, loss_n, tokens, last_report
-        metrics, results = {}, {}
-        for split_name, split in evals.items():
-            results[split_name] = result = evaluate(
-                model,
-                core,
-                split,
-                task,
-                local_batch * 4,
-                device,
-                amp,
-                t.seed,
-                cfg.kernel.eval_draws,
-                train_draw(done - 1),
-            )
-            metrics.update({f"{metric_prefix(split_name)}{k}": v for k, v in result.items()})
-        score = task.score(results)  # one number over the eval splits (GLUE's task score)
-        if score is not None:
-            metrics["val_score"] = score
-        now = time.perf_counter()
-        train_loss, n, tok = _all_sum([loss_sum, float(loss_n), float(tokens)], device)
-        metrics.update(
-            step=done,
-            epoch=done / steps_per_epoch,
-            total_steps=t.max_steps,
-            train_loss=train_loss / max(n, 1),
-            tokens_per_s=tok / max(now - last_report, 1e-9),
-            seconds=elapsed + now - t0,
-            lr=sched.get_last_lr()[0],
-            peak_mib=peak_memory_mib(device),
-            num_params=num_params,
-            world_size=world_size,
-        )
-        snapshot = None
-        if error is not None:
-            metrics["error"] = error
-        elif rank == 0:
-            snapshot = {
-                "model": core.state_dict(),
-                "optim": optim.state_dict(),
-                "sched": sched.state_dict(),
-                "step": done,
-                "seconds": metrics["seconds"],
-                "config": to_dict(cfg),
-                "artifacts": artifacts,
-            }
-        report(metrics, snapshot)
-        loss_sum, loss_n, tokens, last_report = 0.0, 0, 0, time.perf_counter()
+    run = _Run(
+        cfg, task, model, core, optim, sched, evals, t, local_batch, steps_per_epoch, elapsed,
+        rank, world_size, device,
+    )  # fmt: skip
+    reporter = _Reporter(run, report)
 
     for step, idx in batches(len(train), local_batch, t.seed + 7919 * rank, start):
         if step >= t.max_steps:
@@ -280,7 +334,7 @@ def fit(
             core.encoder.resample_kernels(t.seed, train_draw(step))
         inject_failure(step)
         batch = {k: v.to(device) for k, v in train.batch(idx).items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.amp):
             loss = core.loss(model(batch), batch["label"])
         # all ranks agree, so that all of them stop (report is a barrier)
         if _all_sum([0.0 if torch.isfinite(loss) else 1.0], device)[0] > 0:
@@ -288,7 +342,7 @@ def fit(
                 f"training loss became {loss.item()} at step {step + 1}; lower train.lr or "
                 "check the kernel (earlier checkpoints are kept)"
             )
-            evaluate_and_report(step + 1, error=reason)  # the metrics reach Tune, then fail
+            reporter(step + 1, train_draw(step), error=reason)  # the metrics reach Tune, then fail
             raise FloatingPointError(reason)
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -296,11 +350,11 @@ def fit(
             torch.nn.utils.clip_grad_norm_(core.parameters(), t.grad_clip)
         optim.step()
         sched.step()
-        real = sum(int((batch[k] != 0).sum()) for k in ("ids", "ids2") if k in batch)
-        loss_sum, loss_n, tokens = loss_sum + loss.item(), loss_n + 1, tokens + real
+        real = sum(int((batch[k] != PAD_ID).sum()) for k in ("ids", "ids2") if k in batch)
+        reporter.add(loss.item(), real)
         done = step + 1
         if done % t.eval_every == 0 or done == t.max_steps:
-            evaluate_and_report(done)
+            reporter(done, train_draw(done - 1))
 
 
 def inject_failure(step: int) -> None:
