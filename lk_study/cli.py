@@ -21,8 +21,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lk_study.config import ConfigError, parse_value
-from lk_study.study import load_study_file
+from lk_study.config import ConfigError, flatten, parse_value, study_refs
+from lk_study.study import Study, load_study_file
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -35,10 +35,40 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
+def describe(study: Study) -> str:
+    """What ``lk-study tune --dry-run`` prints: trials, searched keys, variants, grid x
+    Optuna points, the Optuna storage and the ``study:`` references."""
+    seeds = f", seeds {list(study.seeds)}" if study.seeds else ""
+    lines = [
+        f"Study {study.name!r} from {study.source}: {study.num_trials()} trials "
+        f"(searcher {study.searcher}{seeds}), "
+        f"objective {study.objective.metric} ({study.objective.mode})"
+    ]
+    for key, p in study.search.items():
+        cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when) if p.when else ""
+        lines.append(f"  {key}: {p.kind} {list(p.values)}{cond}")
+    if study.variants:
+        names = [v.get("task.name", study.config.task.name) for v in study.variants]
+        lines.append(f"  variants: {len(study.variants)} ({', '.join(names)})")
+    points = study.points()
+    if study.searcher == "optuna" and points != [{}]:
+        once = sum(study.trials_at(pt) == 1 for pt in points)
+        note = f"; {once} run once, with nothing left for Optuna to search" if once else ""
+        lines.append(
+            f"  grid x Optuna: {len(points)} points, each its own Optuna study of "
+            f"{study.budget.num_samples} trials{note}"
+        )
+    if study.optuna.storage:
+        lines.append(f"  optuna storage: {study.optuna.storage} (optuna-dashboard reads it)")
+    for key, name in study_refs(flatten(study.config)).items():
+        lines.append(f"  {key}: study:{name} (the matching trial's checkpoint, found at start)")
+    return "\n".join(lines)
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     study = load_study_file(args.study, parse_sets(args.set), smoke=args.smoke)
     if args.dry_run:
-        print(study.describe())
+        print(describe(study))
         return 0
     from lk_study.tune import run_study  # imports Ray: only when a study really runs
 

@@ -33,12 +33,10 @@ from lk_study.config import (
     config_keys,
     flatten,
     nest,
-    study_refs,
     to_dict,
     with_overrides,
 )
 from lk_study.kernels import kernel_from_config
-from lk_study.tasks.base import FieldError as _FieldError
 from lk_study.tasks.base import check as _check
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "int")
@@ -118,11 +116,6 @@ class OptunaSettings:
     ``optuna-dashboard sqlite:///...`` reads while the study runs."""
 
     storage: str = ""
-
-    def storage_url(self) -> str:
-        """``storage`` with a relative SQLite path made absolute against the current
-        directory (``sqlite:///optuna.db`` -> ``sqlite:////home/me/optuna.db``)."""
-        return storage_url(self.storage)
 
     def __post_init__(self) -> None:
         _check(
@@ -212,49 +205,10 @@ class Study:
             return sum(self.trials_at(pt) for pt in self.points())
         return len(self.points())
 
-    def describe(self) -> str:
-        """What ``lk-study tune --dry-run`` prints: trials, searched keys, variants, grid x
-        Optuna points, the Optuna storage and the ``study:`` references."""
-        seeds = f", seeds {list(self.seeds)}" if self.seeds else ""
-        lines = [
-            f"Study {self.name!r} from {self.source}: {self.num_trials()} trials "
-            f"(searcher {self.searcher}{seeds}), "
-            f"objective {self.objective.metric} ({self.objective.mode})"
-        ]
-        for key, p in self.search.items():
-            cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when) if p.when else ""
-            lines.append(f"  {key}: {p.kind} {list(p.values)}{cond}")
-        if self.variants:
-            names = [v.get("task.name", self.config.task.name) for v in self.variants]
-            lines.append(f"  variants: {len(self.variants)} ({', '.join(names)})")
-        points = self.points()
-        if self.searcher == "optuna" and points != [{}]:
-            once = sum(self.trials_at(pt) == 1 for pt in points)
-            note = f"; {once} run once, with nothing left for Optuna to search" if once else ""
-            lines.append(
-                f"  grid x Optuna: {len(points)} points, each its own Optuna study of "
-                f"{self.budget.num_samples} trials{note}"
-            )
-        if self.optuna.storage:
-            lines.append(f"  optuna storage: {self.optuna.storage} (optuna-dashboard reads it)")
-        for key, name in study_refs(flatten(self.config)).items():
-            lines.append(f"  {key}: study:{name} (the matching trial's checkpoint, found at start)")
-        return "\n".join(lines)
 
-
-STUDY_KEYS = (
-    "name",
-    "config",
-    "search",
-    "searcher",
-    "seeds",
-    "variants",
-    "objective",
-    "budget",
-    "scheduler",
-    "optuna",
-    "seed",
-    "smoke",
+STUDY_KEYS = tuple(
+    "name config search searcher seeds variants objective budget scheduler optuna seed "
+    "smoke".split()
 )
 
 
@@ -358,23 +312,20 @@ def study_from_dict(
             f"{where('name')}: name {name!r} must be a plain name (letters, digits, '_', '-', "
             "'.'; no '/' or '..'): it names the study's folder under --storage"
         )
-    try:
-        study = Study(
-            name=name,
-            config=base,
-            search=search,
-            objective=_build(Objective, sections["objective"], "objective", where),
-            budget=_build(Budget, sections["budget"], "budget", where),
-            scheduler=_build(Scheduler, sections["scheduler"], "scheduler", where),
-            optuna=_build(OptunaSettings, sections["optuna"], "optuna", where),
-            seed=_coerce(top["seed"], int, "seed", where),
-            searcher=searcher,
-            seeds=tuple(seeds),
-            variants=tuple(dict(v) for v in variants),
-            source=source,
-        )
-    except _FieldError as e:  # pragma: no cover - sections raise ConfigError already
-        raise ConfigError(f"{source}: {e}") from None
+    study = Study(
+        name=name,
+        config=base,
+        search=search,
+        objective=_build(Objective, sections["objective"], "objective", where),
+        budget=_build(Budget, sections["budget"], "budget", where),
+        scheduler=_build(Scheduler, sections["scheduler"], "scheduler", where),
+        optuna=_build(OptunaSettings, sections["optuna"], "optuna", where),
+        seed=_coerce(top["seed"], int, "seed", where),
+        searcher=searcher,
+        seeds=tuple(seeds),
+        variants=tuple(dict(v) for v in variants),
+        source=source,
+    )
     check_trials(study)
     return study
 
@@ -417,11 +368,8 @@ def _raw_parts(
         "seeds": data.get("seeds"),
         "variants": data.get("variants"),
     }
-    search_raw = (
-        dict(data.get("search") or {})
-        if isinstance(data.get("search"), Mapping)
-        else (data.get("search"))
-    )
+    raw = data.get("search")
+    search_raw = dict(raw or {}) if isinstance(raw, Mapping) else raw
     return top, sections, search_raw
 
 
@@ -603,7 +551,11 @@ def study_record(study: Study) -> dict:
         "seeds": list(study.seeds),
         "variants": list(study.variants),
         # only when set, so folders of studies run before this key existed still resume
-        **({"optuna": {"storage": study.optuna.storage_url()}} if study.optuna.storage else {}),
+        **(
+            {"optuna": {"storage": storage_url(study.optuna.storage)}}
+            if study.optuna.storage
+            else {}
+        ),
     }
 
 

@@ -43,7 +43,7 @@ from lk_study.searchers import (  # DefineByRun: searcher checkpoints pickled it
     DefineByRun,  # noqa: F401
     optuna_searcher,
 )
-from lk_study.study import Study, study_from_record, study_record
+from lk_study.study import Study, storage_url, study_from_record, study_record
 from lk_study.train import train_loop_per_worker
 
 DRIVER_CPU = 0.1
@@ -56,10 +56,12 @@ def trial_driver(params: dict, base: dict, train_storage: str, root: str) -> Non
     (Optuna's suggestions, or a grid/random ``point``); ``study:NAME`` references resolved
     against the storage ``root``."""
     cfg = resolve_refs(with_overrides(config_from_dict(base), params.get(POINT, params)), root)
-    trial_id = tune.get_context().get_trial_id()
-    # a restored trial resumes from its own checkpoints: the Train run is named after it
+    trial_id = tune.get_context().get_trial_id()  # Ray 3a: this trial, from Tune's context
+    # Ray 3b: its TorchTrainer; a restored trial resumes from its own checkpoints: the Train
+    # run is named after it
     trainer = make_trainer(cfg, f"train-{trial_id}", train_storage, [TuneReportCallback()])
-    trainer.fit()  # a worker's exception (e.g. a NaN loss) fails this trial, not the study
+    # Ray 3c: Train fit; a worker's exception (e.g. a NaN loss) fails this trial, not the study
+    trainer.fit()
 
 
 def resolve_refs(cfg: Config, root: str, studies: dict | None = None) -> Config:
@@ -217,6 +219,92 @@ def check_writable(exp_path: str) -> None:
         ) from None
 
 
+def _preflight(study: Study, root: str, exp_path: str, record: dict, resume: bool) -> bool:
+    """The checks before Ray starts: the same study (not another of the same name), something
+    to resume when ``resume`` insists, storage writable, ``study:`` references resolvable.
+    Returns whether Tune can restore the experiment at ``exp_path``."""
+    previous = study_files.read_json(exp_path, study_files.STUDY_FILE)
+    if previous is not None and json.loads(json.dumps(previous)) != json.loads(json.dumps(record)):
+        raise ConfigError(
+            f"{exp_path} holds a different study named {study.name!r} (its config or search "
+            "space differ); pass another --storage or rename the study, so its trials are kept"
+        )
+    # Ray 1: Tune reads the storage (no Ray running yet): an experiment there to restore?
+    restore = tune.Tuner.can_restore(exp_path)
+    if resume and not restore:
+        raise ConfigError(
+            f"nothing to resume at {exp_path} (no Tune experiment there); "
+            "run without --resume to start the study"
+        )
+    check_writable(exp_path)
+    check_refs(study, root)
+    return restore
+
+
+def _trainable(study: Study, root: str, exp_path: str):
+    """The Tune trainable: ``trial_driver`` bound to the study's base config, at 0.1 CPU."""
+    return tune.with_resources(
+        tune.with_parameters(
+            trial_driver,
+            base=to_dict(study.config),
+            train_storage=f"{exp_path}/train_runs",
+            root=root,
+        ),
+        {"CPU": DRIVER_CPU},
+    )
+
+
+def _search(study: Study, n: int) -> tuple[dict, dict]:
+    """TuneConfig's search arguments and the Tuner's param_space for ``n`` trials at once:
+    Optuna behind a ConcurrencyLimiter, or every grid/random point once, in order."""
+    if study.searcher == "optuna":
+        search = {
+            "search_alg": ConcurrencyLimiter(optuna_searcher(study), max_concurrent=n),
+            "num_samples": study.num_trials(),
+        }
+        if study.optuna.storage:
+            url = storage_url(study.optuna.storage)
+            print(f"Optuna studies in {url}; browse them with: optuna-dashboard {url}")
+        return search, {}
+    search = {"max_concurrent_trials": n, "num_samples": 1}
+    return search, {POINT: tune.grid_search(study.points())}
+
+
+def _scheduler(study: Study) -> ASHAScheduler | FIFOScheduler:
+    """ASHA on the study's budget counter (``asha_budget``), or FIFO."""
+    sch = study.scheduler
+    if sch.name != "asha":
+        return FIFOScheduler()
+    time_attr, max_t = asha_budget(study)
+    return ASHAScheduler(
+        time_attr=time_attr,  # our own counter: survives restores (training_iteration not)
+        max_t=max_t,
+        grace_period=min(sch.grace_period, max_t),
+        reduction_factor=sch.reduction_factor,
+    )
+
+
+def _new_tuner(study: Study, trainable, root: str, exp_path: str) -> tune.Tuner:
+    """A fresh Tuner for ``study``: as many trials at once as the cluster (or the budget)
+    allows, its searcher and scheduler, the experiment under ``root``/STUDY."""
+    obj = study.objective
+    n = concurrency(study, ray.cluster_resources())
+    search, param_space = _search(study, n)
+    scheduler = _scheduler(study)
+    print(
+        f"Study {study.name!r}: {study.num_trials()} trials ({study.searcher}), "
+        f"{n} at a time, storage {exp_path}"
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=obj.metric, mode=obj.mode, scheduler=scheduler, **search
+        ),
+        run_config=tune.RunConfig(name=study.name, storage_path=root),
+    )
+
+
 def run_study(
     study: Study,
     storage: str | None = None,
@@ -233,77 +321,24 @@ def run_study(
     root = storage_uri(storage)
     exp_path = f"{root.rstrip('/')}/{study.name}"
     record = study_record(study)
-    previous = study_files.read_json(exp_path, study_files.STUDY_FILE)
-    if previous is not None and json.loads(json.dumps(previous)) != json.loads(json.dumps(record)):
-        raise ConfigError(
-            f"{exp_path} holds a different study named {study.name!r} (its config or search "
-            "space differ); pass another --storage or rename the study, so its trials are kept"
-        )
-    restore = tune.Tuner.can_restore(exp_path)
-    if resume and not restore:
-        raise ConfigError(
-            f"nothing to resume at {exp_path} (no Tune experiment there); "
-            "run without --resume to start the study"
-        )
-    check_writable(exp_path)
-    check_refs(study, root)
+    restore = _preflight(study, root, exp_path, record, resume)  # (Ray 1 inside)
+    # Ray 2: ray.init: attach to --address / RAY_ADDRESS, else start an embedded local Ray
     started = ensure_ray(address)
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            trial_driver,
-            base=to_dict(study.config),
-            train_storage=f"{exp_path}/train_runs",
-            root=root,
-        ),
-        {"CPU": DRIVER_CPU},
-    )
+    # Ray 3: the Tune trainable; each trial's driver builds its TorchTrainer (Ray 3a-3c)
+    trainable = _trainable(study, root, exp_path)
     if restore:
         print(f"Resuming study {study.name!r} from {exp_path}")
+        # Ray 4: Tuner.restore: finished trials kept, unfinished ones from their checkpoints
         tuner = tune.Tuner.restore(
             exp_path, trainable, resume_unfinished=True, resume_errored=retry_errored
         )
     else:
         study_files.write_json(exp_path, study_files.STUDY_FILE, record)
-        obj = study.objective
-        n = concurrency(study, ray.cluster_resources())
-        if study.searcher == "optuna":
-            search = {
-                "search_alg": ConcurrencyLimiter(optuna_searcher(study), max_concurrent=n),
-                "num_samples": study.num_trials(),
-            }
-            param_space = {}
-            if study.optuna.storage:
-                url = study.optuna.storage_url()
-                print(f"Optuna studies in {url}; browse them with: optuna-dashboard {url}")
-        else:  # every point once, in order
-            search = {"max_concurrent_trials": n, "num_samples": 1}
-            param_space = {POINT: tune.grid_search(study.points())}
-        sch = study.scheduler
-        if sch.name == "asha":
-            time_attr, max_t = asha_budget(study)
-            scheduler = ASHAScheduler(
-                time_attr=time_attr,  # our own counter: survives restores (training_iteration not)
-                max_t=max_t,
-                grace_period=min(sch.grace_period, max_t),
-                reduction_factor=sch.reduction_factor,
-            )
-        else:
-            scheduler = FIFOScheduler()
-        print(
-            f"Study {study.name!r}: {study.num_trials()} trials ({study.searcher}), "
-            f"{n} at a time, storage {exp_path}"
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=obj.metric, mode=obj.mode, scheduler=scheduler, **search
-            ),
-            run_config=tune.RunConfig(name=study.name, storage_path=root),
-        )
-    tuner.fit()
+        # Ray 4: a new Tuner (reads ray.cluster_resources() for the trials at once)
+        tuner = _new_tuner(study, trainable, root, exp_path)
+    tuner.fit()  # Ray 5: run the trials; returns when the study ends
     if started:
-        ray.shutdown()  # flush worker logs before the leaderboard
+        ray.shutdown()  # Ray 6: flush worker logs before the leaderboard
     table = analysis.load_study(exp_path)
     out = study_files.write_trials(table.trials, exp_path)
     print()
@@ -333,10 +368,10 @@ def run_single(study: Study, storage: str | None = None, address: str | None = N
     """One Ray Train run of the study's base config (no Tune, no search); returns its last
     metrics. Storage: STORAGE/STUDY-single/ (checkpoints; rerunning resumes)."""
     root = storage_uri(storage)
-    started = ensure_ray(address)
-    result = make_trainer(study.config, f"{study.name}-single", root, []).fit()
+    started = ensure_ray(address)  # Ray 2, as in run_study
+    result = make_trainer(study.config, f"{study.name}-single", root, []).fit()  # Ray 3b, 3c
     if started:
-        ray.shutdown()
+        ray.shutdown()  # Ray 6
     metrics = dict(result.metrics or {})
     print(
         "Final metrics: "
