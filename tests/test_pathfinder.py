@@ -221,7 +221,7 @@ def _lra_style_read(folder):
 
 
 def test_release_round_trip(tmp_path):
-    folder = pf.write_release(tmp_path, num=12, seed=3, difficulty="curv_baseline", batch_size=5)
+    folder = pf.write_release(tmp_path, size=12, seed=3, difficulty="curv_baseline", batch_size=5)
     assert folder == tmp_path / "curv_baseline"
     assert sorted(p.name for p in (folder / "metadata").iterdir()) == ["0.npy", "1.npy", "2.npy"]
     first = (folder / "metadata" / "0.npy").read_text().splitlines()[0].split(" ")
@@ -238,7 +238,7 @@ def test_release_round_trip(tmp_path):
 
 
 def test_read_release_takes_binary_npy_metadata(tmp_path):
-    folder = pf.write_release(tmp_path, num=4, seed=0, difficulty="curv_baseline")
+    folder = pf.write_release(tmp_path, size=4, seed=0, difficulty="curv_baseline")
     meta = folder / "metadata" / "0.npy"
     rows = [line.split(" ") for line in meta.read_text().splitlines()]
     meta.unlink()
@@ -250,7 +250,7 @@ def test_read_release_takes_binary_npy_metadata(tmp_path):
 
 @pytest.fixture()
 def release(tmp_path):
-    pf.write_release(tmp_path, num=4, seed=0, difficulty="curv_baseline")
+    pf.write_release(tmp_path, size=4, seed=0, difficulty="curv_baseline")
     return tmp_path, tmp_path / "curv_baseline" / "metadata" / "0.npy"
 
 

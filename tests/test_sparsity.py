@@ -16,7 +16,7 @@ def test_shape_split_and_determinism(tmp_path):
     ids, labels = train.batch(np.arange(len(train)))["ids"].numpy(), train.label
     vids = Split(paths["validation"]).batch(np.arange(100))["ids"].numpy()
     assert ids.shape == (400, 200) and vids.shape == (100, 200)  # 80/20, length 200
-    a, la = generate(500, 200, 5, T, seed=0)
+    a, la = generate(500, 0, seq_len=200, num_signal=5, num_types=T)
     assert np.array_equal(a[:400], ids) and np.array_equal(la[:400], labels)
     assert 0.35 < labels.mean() < 0.65
     assert np.array_equal(label_of(ids, T), labels)
@@ -26,7 +26,7 @@ def test_shape_split_and_determinism(tmp_path):
 
 
 def test_label_ignores_noise_and_follows_signal():
-    ids, labels = generate(300, 50, 7, T, seed=3)
+    ids, labels = generate(300, 3, seq_len=50, num_signal=7, num_types=T)
     query = ids[:, 0] - 1
     types = (ids[:, 1:] - 1 - T) // 2
     rng = np.random.default_rng(0)
@@ -45,6 +45,6 @@ def test_label_ignores_noise_and_follows_signal():
 
 def test_bad_parameters():
     with pytest.raises(ValueError, match="num_signal must be odd"):
-        generate(10, 20, 4, T, 0)
+        generate(10, 0, seq_len=20, num_signal=4, num_types=T)
     with pytest.raises(ValueError, match="num_types must be >= 2"):
-        generate(10, 20, 3, 1, 0)
+        generate(10, 0, seq_len=20, num_signal=3, num_types=1)

@@ -126,7 +126,7 @@ def to_text(tree: Tree) -> str:
 
 
 def generate(
-    num: int,
+    size: int,
     seed: int,
     *,
     tree_min_tokens: int = 500,
@@ -135,12 +135,12 @@ def generate(
     max_args: int = 10,
     progress: Callable[[int], None] | None = None,
 ) -> list[tuple[str, int]]:
-    """``num`` distinct examples (source in LRA's text format, label 0-9), deterministic given
+    """``size`` distinct examples (source in LRA's text format, label 0-9), deterministic given
     all the arguments. Lengths (tokens without parentheses) satisfy
     tree_min_tokens < length < tree_max_tokens; ``progress(n)`` is called after each accepted
     example."""
-    if num < 0:
-        raise ValueError(f"num must be >= 0, got {num}")
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
     if max_depth < 2 or max_args < 2:
         raise ValueError(
             f"max_depth and max_args must be >= 2 (an operator needs a level below it and two "
@@ -156,7 +156,7 @@ def generate(
     seen: set[str] = set()
     out: list[tuple[str, int]] = []
     misses = 0
-    while len(out) < num:
+    while len(out) < size:
         try:
             tree, length, value = _grow(1, max_depth, max_args, tree_max_tokens, u)
         except _TooLong:
@@ -173,7 +173,7 @@ def generate(
         misses += 1
         if misses > MAX_MISSES:
             raise RuntimeError(
-                f"no new ListOps example in {MAX_MISSES} draws after {len(out)} of {num}: the "
+                f"no new ListOps example in {MAX_MISSES} draws after {len(out)} of {size}: the "
                 f"window {tree_min_tokens} < length < {tree_max_tokens} with "
                 f"max_depth={max_depth}, max_args={max_args} is (nearly) exhausted or "
                 f"unreachable; widen it"

@@ -3,7 +3,7 @@ uses them: two endpoint markers (discs) and several curved paths on a black R×R
 label is 1 when one path joins the two markers and 0 when they sit on two different paths.
 ``lk_study.tasks.pathfinder`` writes and reads them in LRA's release layout.
 
-Usage: ``generate(num, seed, make_spec(resolution, contour_length))`` -> (images uint8
+Usage: ``generate(size, seed, make_spec(resolution, contour_length))`` -> (images uint8
 (N, R, R), labels int64 (N,)); LRA's difficulties ``curv_baseline``,
 ``curv_contour_length_9`` and ``curv_contour_length_14`` are contour lengths 6, 9 and 14.
 
@@ -435,10 +435,10 @@ def _rng(seed: int, spec: PathfinderSpec, key: tuple[int, ...]) -> np.random.Gen
     return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=key))
 
 
-def random_labels(num: int, seed: int, spec: PathfinderSpec) -> np.ndarray:
-    """(num,) int64: label i is 1 when the i-th uniform draw is < 1/2 (Bernoulli(1/2) per
-    image, not balanced; the first n labels do not depend on ``num``)."""
-    return (_rng(seed, spec, (0,)).random(num) < 0.5).astype(np.int64)
+def random_labels(size: int, seed: int, spec: PathfinderSpec) -> np.ndarray:
+    """(size,) int64: label i is 1 when the i-th uniform draw is < 1/2 (Bernoulli(1/2) per
+    image, not balanced; the first n labels do not depend on ``size``)."""
+    return (_rng(seed, spec, (0,)).random(size) < 0.5).astype(np.int64)
 
 
 def _joined_in_pixels(
@@ -483,13 +483,13 @@ def sample_scene(spec: PathfinderSpec, seed: int, index: int, label: int) -> Sce
 
 
 def generate_scenes(
-    num: int, seed: int, spec: PathfinderSpec, start: int = 0, stop: int | None = None
+    size: int, seed: int, spec: PathfinderSpec, start: int = 0, stop: int | None = None
 ) -> list[Scene]:
-    """Scenes ``start..stop`` of the ``num``-image dataset (labels from ``random_labels``)."""
-    stop = num if stop is None else stop
-    if not 0 <= start <= stop <= num:
-        raise ValueError(f"need 0 <= start <= stop <= num, got {start}, {stop}, {num}")
-    labels = random_labels(num, seed, spec)
+    """Scenes ``start..stop`` of the ``size``-image dataset (labels from ``random_labels``)."""
+    stop = size if stop is None else stop
+    if not 0 <= start <= stop <= size:
+        raise ValueError(f"need 0 <= start <= stop <= size, got {start}, {stop}, {size}")
+    labels = random_labels(size, seed, spec)
     return [sample_scene(spec, seed, i, int(labels[i])) for i in range(start, stop)]
 
 
@@ -544,12 +544,12 @@ def render(scene: Scene, spec: PathfinderSpec) -> np.ndarray:
 
 
 def generate(
-    num: int, seed: int, spec: PathfinderSpec, start: int = 0, stop: int | None = None
+    size: int, seed: int, spec: PathfinderSpec, start: int = 0, stop: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``start..stop`` (default all) of the ``num``-image dataset -> (images uint8
+    """Images ``start..stop`` (default all) of the ``size``-image dataset -> (images uint8
     (n, R, R), labels int64 (n,)): ``generate_scenes`` drawn with ``render``. ``make_spec``
     gives the spec for a resolution and contour length."""
-    return _images(generate_scenes(num, seed, spec, start, stop), spec)
+    return _images(generate_scenes(size, seed, spec, start, stop), spec)
 
 
 def _images(scenes: Sequence[Scene], spec: PathfinderSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -84,7 +84,8 @@ class ImageConfig(TaskConfig):
     source: str = "hub"  # hub | generate | PATH to a save_to_disk DatasetDict
     resolution: int = 32  # image side: generated images, and what hub/PATH images must be
     resize: str = "error"  # hub/PATH images of another size: error | pad | resize
-    size: int = 12_000  # generate only: images before the 5:1 train/validation split
+    size: int = 12_000  # generate only: images before the train/validation split
+    val_fraction: float = 1 / 6  # generate only (5:1, as CIFAR-10's 50 000 / 10 000)
     seed: int = 0  # generate only
     max_examples: int = 0  # per split; 0 = all
 
@@ -93,9 +94,10 @@ class ImageConfig(TaskConfig):
         check(self.resolution >= 4, "resolution", "must be >= 4")
         check(self.resize in RESIZE, "resize", f"must be one of {', '.join(RESIZE)}")
         check(self.size >= 12, "size", "must be >= 12")
+        check(0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
 
 
-def generate(size: int, resolution: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def generate(size: int, seed: int, *, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """Gratings: images uint8 (N, R, R), labels int64 (N,) balanced over 10 orientations."""
     rng = np.random.default_rng(seed)
     labels = np.arange(size) % NUM_CLASSES
@@ -236,8 +238,8 @@ class Image(AccuracyTask):
     def prepare(self, cfg: ImageConfig) -> dict[str, Path]:
         def build() -> dict[str, pa.Table]:
             if cfg.source == "generate":
-                images, labels = generate(cfg.size, cfg.resolution, cfg.seed)
-                n_train = cfg.size * 5 // 6
+                images, labels = generate(cfg.size, cfg.seed, resolution=cfg.resolution)
+                n_train = max(1, int(round(cfg.size * (1 - cfg.val_fraction))))
                 return {
                     "train": pixel_table(images[:n_train], labels[:n_train]),
                     "validation": pixel_table(images[n_train:], labels[n_train:]),

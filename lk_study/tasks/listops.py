@@ -79,17 +79,17 @@ def to_table(sources: Sequence[str], labels: Sequence[int]) -> pa.Table:
 # --- release files -------------------------------------------------------------------------
 
 
-def split_counts(num: int, fractions: Mapping[str, float]) -> dict[str, int]:
-    """Largest-remainder rounding of num × fractions; every split gets at least one example
-    when num allows it."""
+def split_counts(size: int, fractions: Mapping[str, float]) -> dict[str, int]:
+    """Largest-remainder rounding of size × fractions; every split gets at least one example
+    when size allows it."""
     if not fractions or any(f < 0 for f in fractions.values()):
         raise ValueError(f"splits must map split names to fractions >= 0, got {dict(fractions)}")
     if not math.isclose(sum(fractions.values()), 1.0, abs_tol=1e-9):
         raise ValueError(f"split fractions must sum to 1, got {dict(fractions)}")
-    exact = {name: num * f for name, f in fractions.items()}
+    exact = {name: size * f for name, f in fractions.items()}
     counts = {name: int(x) for name, x in exact.items()}
     by_remainder = sorted(fractions, key=lambda n: exact[n] - counts[n], reverse=True)
-    for name in by_remainder[: num - sum(counts.values())]:
+    for name in by_remainder[: size - sum(counts.values())]:
         counts[name] += 1
     for name in fractions:
         if counts[name] == 0 and fractions[name] > 0:
@@ -115,19 +115,19 @@ def write_tsv(path: str | os.PathLike, examples: Sequence[tuple[str, int]]) -> P
 
 def write_release(
     out_dir: str | os.PathLike,
-    num: int,
+    size: int,
     seed: int,
     splits: Mapping[str, float] = LRA_FRACTIONS,
     progress: Callable[[int], None] | None = None,
     **params: int,
 ) -> dict[str, Path]:
-    """Generate ``num`` distinct examples and write ``{split}.tsv`` for each split, in order
+    """Generate ``size`` distinct examples and write ``{split}.tsv`` for each split, in order
     (train gets the first examples), with LRA's 96/2/2 split by default (``split_counts``).
     ``params`` are the generator's (``tree_min_tokens``, ``tree_max_tokens``, ``max_depth``,
     ``max_args``; LRA's distribution by default); ``progress(n)`` is called after each
     generated example. Returns the paths."""
-    counts = split_counts(num, splits)
-    examples = generate(num, seed, progress=progress, **params)
+    counts = split_counts(size, splits)
+    examples = generate(size, seed, progress=progress, **params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths, start = {}, 0

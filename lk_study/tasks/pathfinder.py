@@ -68,7 +68,7 @@ _NPY_MAGIC = b"\x93NUMPY"
 
 def write_release(
     out_dir: str | os.PathLike,
-    num: int,
+    size: int,
     seed: int,
     resolution: int = 32,
     difficulty: str = "curv_baseline",
@@ -76,11 +76,11 @@ def write_release(
     batch_size: int = BATCH_SIZE,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Write ``num`` images in LRA's layout under ``out_dir/difficulty`` (``out_dir`` plays the
+    """Write ``size`` images in LRA's layout under ``out_dir/difficulty`` (``out_dir`` plays the
     role of ``lra_release/pathfinder32``) and return that folder. The difficulty sets
-    ``contour_length`` (6, 9 or 14); image i is ``generate(num, seed, make_spec(resolution,
+    ``contour_length`` (6, 9 or 14); image i is ``generate(size, seed, make_spec(resolution,
     contour_length))[i]``, stored as batch i // batch_size, ``sample_{i % batch_size}``.
-    ``progress(done, num)`` is called after each batch."""
+    ``progress(done, size)`` is called after each batch."""
     if difficulty not in DIFFICULTIES:
         raise ValueError(
             f"unknown Pathfinder difficulty {difficulty!r}; valid: {', '.join(DIFFICULTIES)}"
@@ -94,9 +94,9 @@ def write_release(
         f"{spec.curvature:g} {spec.contour_length} {spec.distractor_length} "
         f"{spec.dash_length:g} {spec.thickness:g} {spec.gap_length:g} 1"
     )
-    for batch, start in enumerate(range(0, num, batch_size)):
-        stop = min(num, start + batch_size)
-        images, labels = generate(num, seed, spec, start, stop)
+    for batch, start in enumerate(range(0, size, batch_size)):
+        stop = min(size, start + batch_size)
+        images, labels = generate(size, seed, spec, start, stop)
         img_dir = folder / "imgs" / str(batch)
         img_dir.mkdir(parents=True, exist_ok=True)
         rows = []
@@ -108,7 +108,7 @@ def write_release(
         tmp.write_text("".join(rows), encoding="utf-8")
         tmp.replace(meta)
         if progress is not None:
-            progress(stop, num)
+            progress(stop, size)
     return folder
 
 

@@ -27,7 +27,7 @@ from lk_study.tasks.base import AccuracyTask, TaskConfig, check, ids_array, prep
 
 
 def generate(
-    size: int, seq_len: int, num_signal: int, num_types: int, seed: int
+    size: int, seed: int, *, seq_len: int, num_signal: int, num_types: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ids (size, seq_len) int32 and labels (size,) int64."""
     if num_types < 2:
@@ -101,7 +101,13 @@ class Sparsity(AccuracyTask):
         """Generate once per machine into the cache (Parquet, under a file lock)."""
 
         def build() -> dict[str, pa.Table]:
-            ids, labels = generate(cfg.size, cfg.seq_len, cfg.num_signal, cfg.num_types, cfg.seed)
+            ids, labels = generate(
+                cfg.size,
+                cfg.seed,
+                seq_len=cfg.seq_len,
+                num_signal=cfg.num_signal,
+                num_types=cfg.num_types,
+            )
             n_train = int(round(cfg.size * (1 - cfg.val_fraction)))
             parts = {"train": slice(0, n_train), "validation": slice(n_train, None)}
             return {
