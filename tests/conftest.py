@@ -21,3 +21,49 @@ def seeded():
 
 def pytest_configure(config):
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+# Test tiers (markers registered in pyproject.toml): each file's default tier; a test that
+# carries a tier marker itself (e.g. @pytest.mark.integration, or a file's pytestmark) keeps
+# it. Run one tier with `pytest -m math`; plain `pytest` (make test) runs them all.
+#   math: kernels, attention, estimators against their exact forms (seconds, no training)
+#   smoke: small training runs, tasks and data, configs, results tables, source checks
+#   integration: starts Ray (Tune, Train, a cluster) or runs the CLI end to end
+TIERS = ("math", "smoke", "integration")
+FILE_TIERS = {
+    "test_attention.py": "math",
+    "test_bench_approx.py": "math",
+    "test_fused_attention.py": "math",
+    "test_kernels.py": "math",
+    "test_analysis.py": "smoke",  # its notebook test is marked integration
+    "test_architecture.py": "smoke",
+    "test_bench.py": "smoke",
+    "test_config.py": "smoke",
+    "test_deviations.py": "smoke",
+    "test_extending.py": "smoke",
+    "test_glue_mlm.py": "smoke",
+    "test_image_inputs.py": "smoke",
+    "test_layering.py": "smoke",
+    "test_listops.py": "smoke",
+    "test_loss_curves.py": "smoke",
+    "test_model.py": "smoke",
+    "test_pathfinder.py": "smoke",
+    "test_preflight.py": "smoke",  # checks that run before Ray starts
+    "test_real_data.py": "smoke",  # its long run is marked integration
+    "test_sparsity.py": "smoke",
+    "test_spectra.py": "smoke",
+    "test_synthetic_text.py": "smoke",
+    "test_tasks.py": "smoke",
+    "test_cluster.py": "integration",
+    "test_searchers.py": "integration",
+    "test_study.py": "integration",
+}
+DEFAULT_TIER = "smoke"  # a file not listed yet
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        tier = FILE_TIERS.get(item.path.name, DEFAULT_TIER)
+        item.add_marker(getattr(pytest.mark, tier))
