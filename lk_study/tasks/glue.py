@@ -171,49 +171,17 @@ class GlueConfig(TaskConfig):
         check(self.max_len >= 3, "max_len", "must be >= 3 (a pair needs [SEP])")
 
 
-@dataclass(frozen=True)
-class ColaConfig(GlueConfig):
-    name: str = "glue/cola"
+def _task_config(task: str) -> type[GlueConfig]:
+    """``glue/<task>``'s config section: GlueConfig with its own name (e.g. MnliConfig)."""
+    field = dataclasses.field(default=f"glue/{task}")
+    name = f"{task.capitalize()}Config"
+    cls = dataclasses.make_dataclass(name, [("name", str, field)], bases=(GlueConfig,), frozen=True)
+    cls.__module__ = __name__
+    return cls
 
 
-@dataclass(frozen=True)
-class Sst2Config(GlueConfig):
-    name: str = "glue/sst2"
-
-
-@dataclass(frozen=True)
-class MrpcConfig(GlueConfig):
-    name: str = "glue/mrpc"
-
-
-@dataclass(frozen=True)
-class QqpConfig(GlueConfig):
-    name: str = "glue/qqp"
-
-
-@dataclass(frozen=True)
-class StsbConfig(GlueConfig):
-    name: str = "glue/stsb"
-
-
-@dataclass(frozen=True)
-class MnliConfig(GlueConfig):
-    name: str = "glue/mnli"
-
-
-@dataclass(frozen=True)
-class QnliConfig(GlueConfig):
-    name: str = "glue/qnli"
-
-
-@dataclass(frozen=True)
-class RteConfig(GlueConfig):
-    name: str = "glue/rte"
-
-
-@dataclass(frozen=True)
-class WnliConfig(GlueConfig):
-    name: str = "glue/wnli"
+CONFIGS: dict[str, type[GlueConfig]] = {task: _task_config(task) for task in SPECS}
+globals().update({cls.__name__: cls for cls in CONFIGS.values()})  # picklable by name
 
 
 def parse_label(value: object, num_labels: int) -> tuple[float | int | None, str]:
@@ -352,19 +320,6 @@ class Glue(Task):
             digest = hashlib.sha256(Path(cfg.tokenizer).read_bytes()).hexdigest()[:16]
             key_cfg = dataclasses.replace(cfg, tokenizer=f"{cfg.tokenizer}@{digest}")
         return prepare_cached(key_cfg, self.splits, build)
-
-
-CONFIGS: dict[str, type[GlueConfig]] = {
-    "cola": ColaConfig,
-    "sst2": Sst2Config,
-    "mrpc": MrpcConfig,
-    "qqp": QqpConfig,
-    "stsb": StsbConfig,
-    "mnli": MnliConfig,
-    "qnli": QnliConfig,
-    "rte": RteConfig,
-    "wnli": WnliConfig,
-}
 
 
 # ------------------------------------------------------ source: generate (offline stand-in)
