@@ -1,5 +1,6 @@
 # make demo: create .venv, install lk_study, run the quickstart study on an embedded Ray
 # make test: create .venv, install lk_study[dev], lint, run the whole test suite
+# make gpu-check: on a GPU machine, benchmarks + a GPU study in at most 8 minutes
 VENV ?= .venv
 BIN = $(VENV)/bin
 
@@ -9,7 +10,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint gpu-check
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
@@ -20,3 +21,6 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/pytest -q
+
+gpu-check: $(BIN)/.installed
+	timeout 480 bash scripts/gpu_check.sh

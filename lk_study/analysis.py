@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,11 @@ class StudyResults:
     trials: pd.DataFrame
     curves: pd.DataFrame
     objective: dict
+    also: list = dataclasses.field(default_factory=list)  # a Pareto search's other objectives
+
+    @property
+    def objectives(self) -> list[dict]:
+        return [self.objective, *self.also]
 
     def leaderboard(self) -> pd.DataFrame:
         """Trials sorted best first on the study objective."""
@@ -105,25 +111,25 @@ def load_study(path: str | Path) -> StudyResults:
 
     path = str(path)
     uri = path if "://" in path else str(Path(path).resolve())
-    meta = read_json(uri, STUDY_FILE)
+    try:
+        meta = read_json(uri, STUDY_FILE)
+    except ValueError as e:
+        raise ValueError(f"{uri}/{STUDY_FILE} is damaged ({e}); the study cannot be read") from None
     if meta is None:
         raise FileNotFoundError(f"{path}: not an lk_study study folder (no {STUDY_FILE})")
     statuses = storage.statuses(uri)
+    unknown = "PENDING" if statuses is not None else "UNKNOWN"  # UNKNOWN: no readable state
     base = meta["config"]
     rows, curves = [], []
     for name in storage.subfolders(uri):
         folder = storage.join(uri, name)
-        params_text = read_text(folder, "params.json")
-        if params_text is None:
+        params, reports = _read_trial(folder)
+        if params is None:
             continue
-        params = json.loads(params_text)
         params = params.get("point", params)  # grid/random studies: one dict per trial
-        result_text = read_text(folder, "result.json") or ""
-        reports = [
-            _current_names(json.loads(line)) for line in result_text.splitlines() if line.strip()
-        ]
-        tid = reports[-1]["trial_id"] if reports else name.split("_")[2]
-        row: dict[str, Any] = {"trial_id": tid, "status": statuses.get(tid, "PENDING")}
+        tid = reports[-1].get("trial_id", "") if reports else ""
+        tid = tid or (name.split("_")[2] if name.count("_") >= 2 else name)
+        row: dict[str, Any] = {"trial_id": tid, "status": (statuses or {}).get(tid, unknown)}
         task = params.get("task.name", base.get("task.name"))
         if task == base.get("task.name") or siblings(task, base.get("task.name")):
             row.update(base)
@@ -149,7 +155,64 @@ def load_study(path: str | Path) -> StudyResults:
     trials = pd.DataFrame(rows)
     if not trials.empty:
         trials = trials.sort_values("trial_id").reset_index(drop=True)
-    return StudyResults(uri, trials, pd.DataFrame(curves), meta["objective"])
+    curves = pd.DataFrame(curves)
+    if "step" in curves:  # a row reported twice (a trial resumed): one per step, the last
+        curves = curves.drop_duplicates(["trial_id", "step"], keep="last").reset_index(drop=True)
+    also = list(meta.get("also", []))
+    if also and not trials.empty:
+        trials["pareto"] = pareto_front(trials, [meta["objective"], *also])
+    return StudyResults(uri, trials, curves, meta["objective"], also)
+
+
+def pareto_front(trials: pd.DataFrame, objectives: list[dict]) -> pd.Series:
+    """Whether each trial is Pareto-optimal on ``objectives`` ([{metric, mode}]): finished
+    (TERMINATED), every objective's last reported value finite (the values Optuna was told),
+    and no other such trial at least as good on every objective and better on one."""
+    cols = [o["metric"] for o in objectives]
+    ok = trials.get("status", pd.Series("TERMINATED", index=trials.index)).eq("TERMINATED")
+    values = trials.reindex(columns=cols).apply(pd.to_numeric, errors="coerce")
+    ok &= values.notna().all(axis=1)
+    signs = [1.0 if o["mode"] == "max" else -1.0 for o in objectives]
+    points = {
+        i: [s * v for s, v in zip(signs, row, strict=True)] for i, row in values[ok].iterrows()
+    }
+    front = pd.Series(False, index=trials.index)
+    for i, p in points.items():
+        front[i] = not any(
+            all(a >= b for a, b in zip(q, p, strict=True)) and q != p for q in points.values()
+        )
+    return front
+
+
+def _read_trial(folder: str) -> tuple[dict | None, list[dict[str, Any]]]:
+    """A trial folder's params.json and result.json rows. A damaged file (empty, truncated,
+    not JSON: a full disk, a kill) is skipped with a warning naming it: params None (the
+    trial is left out) or the rows that parse."""
+    params_text = read_text(folder, "params.json")
+    if params_text is None:
+        return None, []
+    try:
+        params = json.loads(params_text)
+        if not isinstance(params, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        params = None
+        warnings.warn(f"{folder}/params.json is damaged ({e})", stacklevel=3)
+    reports, bad = [], 0
+    for line in (read_text(folder, "result.json") or "").splitlines():
+        if line.strip():
+            try:
+                reports.append(_current_names(json.loads(line)))
+            except (ValueError, AttributeError):
+                bad += 1
+    if bad:
+        warnings.warn(
+            f"{folder}/result.json is damaged: {bad} line(s) skipped, {len(reports)} read",
+            stacklevel=3,
+        )
+    if params is None:  # Tune repeats the parameters in every row; else leave the trial out
+        params = reports[-1].get("config") if reports else None
+    return params, reports
 
 
 def _current_names(report: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +228,9 @@ def format_leaderboard(results: StudyResults, top: int = 20, fmt: str = "text") 
         return "(no trials yet)" if fmt != "csv" else ""
     obj = results.objective["metric"]
     searched = [k for k in (results_searched(results)) if k in board]
-    cols = ["trial_id", "status", *searched, "step", obj, f"best.{obj}", "seconds"]
+    also = [o["metric"] for o in results.also]
+    cols = ["trial_id", "status", *searched, "step", obj, f"best.{obj}", *also, "seconds"]
+    cols += ["pareto"] if also else []
     cols = [c for c in dict.fromkeys(cols) if c in board]
     shown = board[cols].head(top).copy()
     if fmt == "csv":
@@ -363,7 +428,7 @@ def _distribution(param: dict, seen: pd.Series):
 # ---------------------------------------------------------------------------- rendering
 
 FORMATS = ("text", "markdown", "csv")
-TABLES = ("lra", "glue", "features")
+TABLES = ("lra", "glue", "features", "pareto")
 
 
 def to_markdown(frame: pd.DataFrame, index: bool = True) -> str:
@@ -424,6 +489,19 @@ def format_table(study: StudyResults, table: str, fmt: str = "text") -> str:
         if shown["kernel.num_features"].dropna().mod(1).eq(0).all():  # 8, not 8.0; NaN: <NA>
             shown["kernel.num_features"] = shown["kernel.num_features"].astype("Int64")
         title = f"{c.attrs['metric']} vs kernel.num_features, mean ± std over seeds"
+        return _titled(title, render(shown, fmt, index=False), fmt)
+    if table == "pareto":
+        if "pareto" not in study.trials:
+            raise NoResults("not a Pareto search: the study has one objective")
+        metrics = [o["metric"] for o in study.objectives]
+        front = study.trials[study.trials["pareto"]].sort_values(
+            metrics[0], ascending=study.objective["mode"] == "min"
+        )
+        cols = ["trial_id", *[k for k in results_searched(study) if k in front], *metrics]
+        shown = front[list(dict.fromkeys(cols))]
+        title = "Pareto front: " + ", ".join(
+            f"{o['metric']} ({o['mode']})" for o in study.objectives
+        )
         return _titled(title, render(shown, fmt, index=False), fmt)
     raise ValueError(f"unknown table {table!r}; valid: {', '.join(TABLES)}")
 

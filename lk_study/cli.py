@@ -1,10 +1,10 @@
 """``lk-study``: run studies, read their results, list kernels.
 
 lk-study tune STUDY.yaml [--storage PATH_OR_URI] [--set key=value ...] [--smoke] [--dry-run]
-    [--address ADDR] [--resume] [--retry-errored]
-lk-study resume STUDY_FOLDER [--address ADDR] [--retry-errored]
+    [--address ADDR] [--resume] [--retry-errored] [--verbose]
+lk-study resume STUDY_FOLDER [--address ADDR] [--retry-errored] [--verbose]
 lk-study train STUDY.yaml [--storage ...] [--set key=value ...] [--smoke]
-lk-study results PATH [--table lra|glue|features] [--format text|markdown|csv]
+lk-study results PATH [--table lra|glue|features|pareto] [--format text|markdown|csv]
     [--out FILE.parquet|FILE.csv] [--plot DIR] [--top N]
 lk-study kernels
 lk-study data prepare TASK [--source SRC] [--set task.key=value ...]
@@ -13,6 +13,10 @@ lk-study bench attention [--kernels K ...] [--lengths N ...] [--batch B] [--head
     [--head-dim D] [--num-features M] [--repeats R] [--device DEV] [--out FILE.csv]
 lk-study bench approx [--kernels K ...] [--features M ...] [--norms R ...] [--draws N]
     [--head-dim D] [--out FILE.csv] [--figure FILE.png]
+lk-study bench study [STUDY.yaml] [--runners train trial] [--sizes smoke full] [--out FILE.csv]
+lk-study bench train [--task NAME] [--kernels K ...] [--lengths N ...] [--batch B]
+    [--repeats R] [--features M] [--study FILE] [--set key=value ...] [--step-cap S]
+    [--device DEV] [--out FILE.csv] [--plot FILE.png]
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def describe(study: Study) -> str:
     lines = [
         f"Study {study.name!r} from {study.source}: {study.num_trials()} trials "
         f"(searcher {study.searcher}{seeds}), "
-        f"objective {study.objective.metric} ({study.objective.mode})"
+        f"objective {', '.join(f'{o.metric} ({o.mode})' for o in study.objectives)}"
     ]
     for key, p in study.search.items():
         cond = " when " + ", ".join(f"{k} in {list(v)}" for k, v in p.when) if p.when else ""
@@ -72,14 +76,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     from lk_study.tune import run_study  # imports Ray: only when a study really runs
 
-    run_study(study, args.storage, args.address, args.resume, args.retry_errored)
+    run_study(study, args.storage, args.address, args.resume, args.retry_errored, args.verbose)
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from lk_study.tune import resume_study
 
-    resume_study(args.path, args.address, args.retry_errored)
+    resume_study(args.path, args.address, args.retry_errored, args.verbose)
     return 0
 
 
@@ -246,6 +250,52 @@ def cmd_bench_approx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_study(args: argparse.Namespace) -> int:
+    from lk_study.bench_study import bench_study, format_summary, summary, write_csv
+
+    rows = bench_study(args.study, args.runners, args.sizes, args.storage)
+    write_csv(rows, args.out)
+    print(f"\n{format_summary(summary(rows))}\nWrote {len(rows)} trials to {args.out}")
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from lk_study.bench_train import TrainBench, bench_train, format_table, write_csv
+
+    for flag, path, suffix in [("--out", args.out, ".csv"), ("--plot", args.plot, ".png")]:
+        if path and Path(path).suffix != suffix:
+            raise ConfigError(f"{flag} {path}: use a {suffix} file name")
+    given = {
+        "task": args.task,
+        "kernels": args.kernels and tuple(args.kernels),
+        "lengths": args.lengths and tuple(args.lengths),
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "num_features": args.features,
+        "study": args.study,
+        "step_cap_s": args.step_cap,
+        "device": args.device,
+    }
+    cfg = TrainBench(
+        **{k: v for k, v in given.items() if v is not None}, overrides=parse_sets(args.set)
+    )
+    rows = bench_train(cfg)
+    print(format_table(rows))
+    if args.out:
+        write_csv(rows, args.out)
+        print(f"\nWrote {len(rows)} rows to {args.out}")
+    if args.plot:
+        import pandas as pd
+
+        from lk_study.bench_train import plot_train  # imports matplotlib: only when asked
+        from lk_study.tables import efficiency_train
+
+        plot_train(efficiency_train(pd.DataFrame(rows))).savefig(args.plot, dpi=120)
+        print(f"Wrote the figure to {args.plot}")
+    return 0
+
+
 def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="run (or resume) a study file on Ray Tune + Train")
     p.add_argument("study", help="study YAML, e.g. search_spaces/quickstart.yaml")
@@ -279,6 +329,12 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--retry-errored", action="store_true", help="on resume, also rerun ERROR trials"
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Tune's own progress output and every worker's log on the console (default: one "
+        "line per trial start and end, a status table every 30 s; logs in STUDY/logs)",
+    )
     p.set_defaults(func=cmd_tune)
 
 
@@ -290,6 +346,12 @@ def _add_resume_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="join a running Ray cluster (see tune --address)")
     p.add_argument(
         "--retry-errored", action="store_true", help="also rerun ERROR trials from checkpoints"
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Tune's own progress output and every worker's log on the console (default: one "
+        "line per trial start and end, a status table every 30 s; logs in STUDY/logs)",
     )
     p.set_defaults(func=cmd_resume)
 
@@ -311,9 +373,10 @@ def _add_results_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="the study folder, e.g. lk_results/quickstart")
     p.add_argument(
         "--table",
-        choices=["lra", "glue", "features"],
+        choices=["lra", "glue", "features", "pareto"],
         help="print a paper table instead of the leaderboard: lra (kernels x LRA tasks), "
-        "glue (best grid point per GLUE task), features (metric vs kernel.num_features)",
+        "glue (best grid point per GLUE task), features (metric vs kernel.num_features), "
+        "pareto (the Pareto-optimal trials of a multi-objective study)",
     )
     p.add_argument("--format", choices=["text", "markdown", "csv"], default="text")
     p.add_argument("--out", help="write one row per trial to FILE.parquet or FILE.csv")
@@ -421,11 +484,69 @@ def _add_bench_approx_parser(bench_sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench_approx)
 
 
+def _add_bench_train_parser(bench_sub: argparse._SubParsersAction) -> None:
+    # defaults (None here) are lk_study.bench_train.TrainBench's: it imports the training code
+    p = bench_sub.add_parser(
+        "train",
+        help="training steps/s and peak memory vs sequence length, kernels against softmax "
+        "(the paper's Figure 4)",
+    )
+    p.add_argument("--task", help="whose trial model is benchmarked (default: text)")
+    p.add_argument(
+        "--kernels",
+        nargs="+",
+        metavar="K",
+        help="registry kernels (softmax, the reference, always runs; default: all)",
+    )
+    p.add_argument(
+        "--lengths", nargs="+", type=int, metavar="N", help="default: 1024 2048 4096 8192 16384"
+    )
+    p.add_argument("--batch", type=int, help="sequences per step (default: 2)")
+    p.add_argument("--repeats", type=int, help="timed steps per kernel and length (default: 3)")
+    p.add_argument(
+        "--warmup", type=int, help="untimed steps, the first measuring peak memory (default: 1)"
+    )
+    p.add_argument("--features", type=int, help="kernel.num_features (default: the study's)")
+    p.add_argument(
+        "--study",
+        help="study file whose trial config for --task and each kernel is benchmarked "
+        "(default: search_spaces/lra_kernels.yaml)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dotted config key, e.g. --set model.d_model=64",
+    )
+    p.add_argument(
+        "--step-cap",
+        type=float,
+        metavar="S",
+        help="a kernel whose step takes (or is predicted to take) over S seconds stops there: "
+        "NaN rows with a note (default: 300)",
+    )
+    p.add_argument("--device", help="cpu or cuda[:i] (default: cuda if available)")
+    p.add_argument("--out", help="write one row per (kernel, length) to FILE.csv")
+    p.add_argument("--plot", help="write steps/s and peak memory vs length to FILE.png")
+    p.set_defaults(func=cmd_bench_train)
+
+
 def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="efficiency benchmarks (CSV out)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     _add_bench_attention_parser(bench_sub)
     _add_bench_approx_parser(bench_sub)
+    _add_bench_train_parser(bench_sub)
+    p = bench_sub.add_parser(
+        "study", help="per-trial start-up and Ray's share of a study, train vs trial runner"
+    )
+    p.add_argument("study", nargs="?", default="search_spaces/quickstart.yaml")
+    p.add_argument("--runners", nargs="+", default=["train", "trial"], choices=["train", "trial"])
+    p.add_argument("--sizes", nargs="+", default=["smoke", "full"], choices=["smoke", "full"])
+    p.add_argument("--storage", help="where the studies run (default: a temporary folder)")
+    p.add_argument("--out", default="bench_study.csv", help="CSV, one row per trial")
+    p.set_defaults(func=cmd_bench_study)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -449,6 +570,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"lk-study: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full / read-only storage (StorageError names the study), or I/O
+        from lk_study.storage import FAULTS
+
+        kind = FAULTS.get(e.errno or 0)
+        if kind and e.filename:
+            e = f"storage {e.filename} is {kind}; free space or make it writable and retry"
+        print(f"lk-study: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

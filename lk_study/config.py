@@ -153,16 +153,38 @@ class TrainConfig:
         return dataclasses.replace(self, max_steps=total, warmup=warmup, eval_every=every)
 
 
+RUNNERS = ("auto", "trial", "train")
+
+
+def runner(cfg: Config) -> str:
+    """How a trial of ``cfg`` trains: "trial" (inside the Tune trial) or "train" (Ray Train)."""
+    s = cfg.scaling
+    if s.runner == "auto":
+        return "trial" if s.num_workers == 1 else "train"
+    return s.runner
+
+
 @dataclass(frozen=True)
 class ScalingConfig:
-    """Ray Train workers per trial."""
+    """Workers per trial, and how a trial runs them (``runner``): ``trial`` trains inside the
+    Tune trial itself (one worker; starts in about a second), ``train`` through a Ray Train
+    ``TorchTrainer`` (DDP over ``num_workers``; a controller and a worker group per trial),
+    ``auto`` = ``trial`` for one worker, else ``train``."""
 
     num_workers: int = 1
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+    runner: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "num_workers", "must be >= 1")
+        _check(self.runner in RUNNERS, "runner", f"must be one of {', '.join(RUNNERS)}")
+        _check(
+            self.runner != "trial" or self.num_workers == 1,
+            "runner",
+            "trial trains one worker inside the Tune trial; use train (or auto) for "
+            f"num_workers: {self.num_workers}",
+        )
         for name, amount in self.resources_per_worker.items():
             _check(amount >= 0, "resources_per_worker", f"{name} = {amount} must be >= 0")
         if self.use_gpu:

@@ -213,6 +213,29 @@ def plot_curves(study: StudyResults, metric: str | None = None) -> Figure:
     return fig
 
 
+def plot_pareto(study: StudyResults) -> Figure:
+    """A Pareto search's trials on its first two objectives (last reported values), coloured
+    by kernel; the Pareto-optimal ones ringed and joined in order."""
+    if "pareto" not in study.trials:
+        raise NoResults(f"{study.path}: not a Pareto search (one objective)")
+    (x, mx), (y, my) = [(o["metric"], o["mode"]) for o in study.objectives[1::-1]]
+    t = study.trials.dropna(subset=[x, y])
+    fig = Figure(figsize=(WIDTH, 4.2))
+    ax = fig.add_subplot()
+    for i, (kernel, part) in enumerate(t.groupby(t.get("kernel.name", "?"), sort=True)):
+        ax.scatter(part[x], part[y], color=f"C{i % 10}", label=str(kernel), alpha=0.8)
+    front = t[t["pareto"]].sort_values(x)
+    ax.scatter(front[x], front[y], s=160, facecolors="none", edgecolors="k", label="Pareto front")
+    ax.plot(front[x], front[y], "k--", alpha=0.5)
+    ax.set_xlabel(f"{_label(x)} ({mx})")
+    ax.set_ylabel(f"{_label(y)} ({my})")
+    ax.set_title(f"{Path(study.path).name}: Pareto front")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def plot_importance(importance: pd.Series) -> Figure:
     """Horizontal bars of ``analysis.param_importance``."""
     fig = Figure(figsize=(WIDTH, 0.45 * len(importance) + 1.5))
@@ -287,8 +310,9 @@ def save_figures(study: StudyResults, out_dir: str | Path, log: Any = print) -> 
     """Write every figure ``study`` supports as PNG into ``out_dir``; returns name -> path.
 
     curves (always), features (when kernel.num_features is in the table), lra / glue (when
-    the study ran those tasks), importance and parallel (searched parameters, ≥ 3 finished
-    trials), spectrum (the best learned-kernel trial's checkpoint, local studies). A figure
+    the study ran those tasks), pareto (multi-objective studies), importance and parallel
+    (searched parameters, ≥ 3 finished trials), spectrum (the best learned-kernel trial's
+    checkpoint, local studies). A figure
     the study cannot give is skipped with the reason passed to ``log``.
     """
     out = Path(out_dir)
@@ -300,6 +324,7 @@ def save_figures(study: StudyResults, out_dir: str | Path, log: Any = print) -> 
         "glue": lambda: plot_glue(analysis.glue_table(study)),
         "importance": lambda: plot_importance(analysis.param_importance(study)),
         "parallel": lambda: plot_parallel(study),
+        "pareto": lambda: plot_pareto(study),
         "spectrum": lambda: plot_spectrum(_spectrum(analysis.best_checkpoint(study))),
     }
     written = {}

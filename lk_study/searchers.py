@@ -12,6 +12,13 @@ Trials go out round robin (the point with the fewest trials so far next), so eve
 results early and each TPE study has seen its earlier trials end before it is asked again.
 ``optuna_searcher(study)`` builds it: per point an ``OptunaSearch`` over ``DefineByRun`` (the
 point's space as ``trial.suggest_*`` calls) with ``tpe_sampler``.
+
+After a driver kill, ``Tuner.restore`` brings back the searcher as it was at Tune's last
+experiment checkpoint; ``GridOptunaSearch.restore`` reconciles an Optuna storage that went on
+past it (``reconcile``), and so does a new searcher's first ``suggest`` (a run killed before
+Tune's first checkpoint starts afresh on the same storage). ``ResumableASHA`` is ASHA that
+never stops a trial on the rows a restarted trial replays (``REPLAYED``, see
+``lk_study.tune.restart_history``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -32,6 +40,7 @@ if TYPE_CHECKING:
     from lk_study.study import Param, Study
 
 MAX_STUDY_NAME = 512  # Optuna's RDB column
+REPLAYED = "replayed"  # marks a report a restarted trial gives Tune again from its checkpoint
 
 
 class GridOptunaSearch(Searcher):
@@ -62,8 +71,11 @@ class GridOptunaSearch(Searcher):
         self.num_samples = list(num_samples)
         self.suggested = [0] * len(points)  # trials handed out, per point
         self.owner: dict[str, int] = {}  # trial_id -> point index
+        self.reconciled = False  # with the Optuna storage (``reconcile``), before suggesting
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if not getattr(self, "reconciled", True):  # a new study on a storage a killed run left
+            self.reconcile()
         open_points = [i for i, n in enumerate(self.num_samples) if self.suggested[i] < n]
         if not open_points:
             return Searcher.FINISHED
@@ -95,6 +107,68 @@ class GridOptunaSearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+        self.reconcile()
+
+    def reconcile(self) -> list[int]:
+        """After a restore: each persistent Optuna study (RDB) may hold trials asked after the
+        checkpoint this searcher came from (the driver was killed in between). No restored
+        Tune trial owns them, so they would stay RUNNING forever: mark them FAIL. Trials that
+        a restored Tune trial owns stay RUNNING and get their value when it ends. Where
+        there were such trials, the sampler's random state (rewound to the checkpoint) is
+        moved on, so their parameters are not suggested again. Returns the FAILed trial
+        numbers."""
+        self.reconciled, failed = True, []
+        for searcher in self.searchers:
+            study = getattr(searcher, "_ot_study", None)
+            if study is None or isinstance(study._storage, optuna.storages.InMemoryStorage):
+                continue  # in memory: the pickled study is the whole truth
+            done = getattr(searcher, "_completed_trials", set())
+            owned = {
+                t._trial_id for tid, t in getattr(searcher, "_ot_trials", {}).items()
+                if tid not in done
+            }  # fmt: skip
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            orphans = [t for t in running if t._trial_id not in owned]
+            for t in orphans:
+                study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+                failed.append(t.number)
+            if orphans:
+                _move_on(study.sampler, len(study.get_trials(deepcopy=False)))
+        if failed:
+            warnings.warn(
+                f"Optuna trials {failed} were asked after the last searcher checkpoint and no "
+                "restored trial runs them: marked FAIL",
+                stacklevel=2,
+            )
+        return failed
+
+
+def _move_on(sampler: optuna.samplers.BaseSampler, n_trials: int) -> None:
+    """Reseed ``sampler`` (TPE and its random start-up sampler) from its own state and the
+    study's trial count: deterministic, and not the sequence it already handed out."""
+    for s in (sampler, getattr(sampler, "_random_sampler", None)):
+        rng = getattr(getattr(s, "_rng", None), "rng", None)
+        if rng is None:
+            if s is sampler:
+                sampler.reseed_rng()
+            continue
+        rng.seed((int(rng.randint(2**31 - 1)) + 7919 * n_trials) % 2**32)
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA that never stops a trial on a ``REPLAYED`` row. A trial restarted after a driver
+    kill gives Tune its earlier rows again; it went on past each of them before the kill, so
+    ASHA had decided CONTINUE there. The rows still enter the rungs (Tune does not save
+    ASHA's rungs, so this rebuilds them), but a stop computed against the rungs' smaller,
+    reordered population after a restore would be a decision the uninterrupted study never
+    made. The trial's next new row is judged as usual."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if result.get(REPLAYED) and action == TrialScheduler.STOP:
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
 
 
 def study_names(name: str, points: Sequence[dict[str, Any]]) -> list[str]:
@@ -155,11 +229,15 @@ def optuna_searcher(study: Study) -> GridOptunaSearch:
     storage = optuna_storage(study.optuna.storage)  # one connection pool for all points
     names = study_names(study.name, points)
     obj = study.objective
+    # a Pareto search: Optuna's multi-objective TPE over every objective. Optuna is told each
+    # trial's LAST reported value(s) (Tune's final result), as the results table shows them
+    metric = [o.metric for o in study.objectives] if study.also else obj.metric
+    mode = [o.mode for o in study.objectives] if study.also else obj.mode
     searchers = [
         OptunaSearch(
             DefineByRun(study.optuna_space(point)),
-            metric=obj.metric,
-            mode=obj.mode,
+            metric=metric,
+            mode=mode,
             sampler=tpe_sampler(study.seed + i),
             study_name=names[i],
             storage=storage,

@@ -3,7 +3,8 @@
 A study file is a YAML mapping (see search_spaces/quickstart.yaml): ``name``, the base
 ``config`` (lk_study.config's run sections), the ``search`` space, the ``searcher`` (optuna |
 grid | random), ``seeds`` and ``variants`` crossed in, ``objective``, ``budget``,
-``scheduler``, ``optuna`` settings and a ``smoke`` section of overrides. ``load_study``
+``scheduler``, ``optuna`` and ``tracking`` (MLflow / W&B) settings and a ``smoke`` section of
+overrides. ``load_study``
 validates all of it, strictly and before Ray starts, with the generic builder of
 lk_study.config (errors name the file, the line, the key and the valid keys).
 """
@@ -28,7 +29,6 @@ from lk_study.config import (
     _load_yaml,
     _unknown,
     _Where,
-    all_config_keys,
     config_from_dict,
     config_keys,
     flatten,
@@ -37,29 +37,12 @@ from lk_study.config import (
     with_overrides,
 )
 from lk_study.kernels import kernel_from_config
+from lk_study.space import FINITE, Param, parse_search
+from lk_study.tasks import get_task
 from lk_study.tasks.base import check as _check
+from lk_study.tracking import Tracking, tracking_record
 
-DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "int")
 SEARCHERS = ("optuna", "grid", "random")
-FINITE = ("choice", "grid")
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched dimension: ``{choice: [...]}`` or ``{grid: [...]}`` (a finite list),
-    ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}`` or ``{int: [lo, hi]}``, optionally
-    ``when: {key: [values]}`` (used only when an earlier searched key took one of those
-    values). ``searcher: grid`` runs every combination of the finite lists; ``random``
-    draws each value uniformly (log-uniformly for loguniform); ``optuna`` lets TPE pick,
-    except ``{grid: [...]}`` lists: every combination of those gets its own TPE search
-    over the other dimensions (``Study.points``, ``Study.optuna_space``)."""
-
-    kind: str
-    values: tuple
-    when: tuple[tuple[str, tuple], ...] = ()
-
-    def active(self, sampled: Mapping[str, Any]) -> bool:
-        return all(k in sampled and sampled[k] in vals for k, vals in self.when)
 
 
 @dataclass(frozen=True)
@@ -141,7 +124,15 @@ class Study:
     # its own model size); variants may switch task.name
     variants: tuple[dict[str, Any], ...] = ()
     optuna: OptunaSettings = field(default_factory=OptunaSettings)
+    tracking: Tracking = field(default_factory=Tracking)  # MLflow / W&B (lk_study.tracking)
     source: str = "<dict>"
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)  # key: line
+    also: tuple[Objective, ...] = ()  # a Pareto search: the objectives after the first
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        """Every objective: ``objective`` (the leaderboard's, Tune's) first."""
+        return (self.objective, *self.also)
 
     def points(self) -> list[dict[str, Any]]:
         """The explicit points, variants and seeds crossed in. grid: every combination of
@@ -207,58 +198,9 @@ class Study:
 
 
 STUDY_KEYS = tuple(
-    "name config search searcher seeds variants objective budget scheduler optuna seed "
+    "name config search searcher seeds variants objective budget scheduler optuna tracking seed "
     "smoke".split()
 )
-
-
-def _parse_param(
-    key: str, spec: Any, earlier: Mapping[str, Any], base: Config, where: _Where
-) -> Param:
-    dotted = f"search.{key}"
-    if not isinstance(spec, Mapping):
-        raise ConfigError(
-            f"{where(dotted)}: search.{key} must be a mapping such as {{choice: [a, b]}}; "
-            f"valid distributions: {', '.join(DISTRIBUTIONS)}"
-        )
-    kinds = [k for k in spec if k != "when"]
-    for k in kinds:
-        if k not in DISTRIBUTIONS:
-            raise _unknown(where, f"{dotted}.{k}", k, (*DISTRIBUTIONS, "when"))
-    if len(kinds) != 1:
-        raise ConfigError(
-            f"{where(dotted)}: {dotted} needs exactly one of {', '.join(DISTRIBUTIONS)}"
-        )
-    kind = kinds[0]
-    values = spec[kind]
-    if not isinstance(values, list) or not values:
-        raise ConfigError(f"{where(dotted)}: {dotted}.{kind} must be a non-empty list")
-    if kind not in FINITE and len(values) != 2:
-        raise ConfigError(f"{where(dotted)}: {dotted}.{kind} must be [low, high]")
-    # every value must make a valid config on its own
-    checked = []
-    vwhere = _Where(where.source, {key: where.lines.get(dotted)})
-    for v in values:
-        cfg = with_overrides(base, {key: v}, vwhere)
-        checked.append(flatten(cfg)[key])
-    if kind not in FINITE and not checked[0] < checked[1]:
-        raise ConfigError(f"{where(dotted)}: {dotted}.{kind} needs low < high, got {values}")
-    when = spec.get("when", {})
-    if not isinstance(when, Mapping):
-        raise ConfigError(f"{where(dotted)}: {dotted}.when must be a mapping {{key: [values]}}")
-    conds = []
-    for ck, cv in when.items():
-        if ck not in earlier:
-            raise ConfigError(
-                f"{where(f'{dotted}.when.{ck}')}: {dotted}.when refers to {ck!r}, which is not a "
-                f"searched key defined above it; searched so far: {', '.join(earlier) or 'none'}"
-            )
-        values_of = tuple(cv if isinstance(cv, list) else [cv])
-        cwhere = _Where(where.source, {ck: where.lines.get(f"{dotted}.when.{ck}")})
-        for v in values_of:  # each value must be in its key's domain (catches typos)
-            with_overrides(base, {ck: v}, cwhere)
-        conds.append((ck, values_of))
-    return Param(kind, tuple(checked), tuple(conds))
 
 
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -290,7 +232,7 @@ def study_from_dict(
     )
     lines_cfg = {k.removeprefix("config."): v for k, v in where.lines.items()}
     base = with_overrides(base, cfg_over, _Where(source, lines_cfg))
-    search = _parse_search(search_raw, cfg_over, base, where)
+    search = parse_search(search_raw, cfg_over, base, where)
     searcher = _coerce(data.get("searcher", "optuna"), str, "searcher", where)
     if searcher not in SEARCHERS:
         raise ConfigError(
@@ -320,14 +262,53 @@ def study_from_dict(
         budget=_build(Budget, sections["budget"], "budget", where),
         scheduler=_build(Scheduler, sections["scheduler"], "scheduler", where),
         optuna=_build(OptunaSettings, sections["optuna"], "optuna", where),
+        tracking=_build(Tracking, sections["tracking"], "tracking", where),
         seed=_coerce(top["seed"], int, "seed", where),
         searcher=searcher,
         seeds=tuple(seeds),
         variants=tuple(dict(v) for v in variants),
         source=source,
+        lines=dict(where.lines),
+        also=tuple(
+            _build(Objective, o, f"objective[{i + 1}]", where) if isinstance(o, Mapping) else o
+            for i, o in enumerate(top["also"])
+        ),
     )
     check_trials(study)
+    check_objective(study, where)
     return study
+
+
+TRAINING_METRICS = ("step", "epoch", "train_loss", "tokens_per_s", "seconds", "lr", "peak_mib")
+
+
+def check_objective(study: Study, where: _Where) -> None:
+    """The objective is reported by every task of the study (``Task.metric_names`` of the base
+    task, the variants' and searched ``task.name`` values) or is a training metric."""
+    names = {v.get("task.name", study.config.task.name) for v in study.variants or [{}]}
+    names |= set(study.search["task.name"].values) if "task.name" in study.search else set()
+    metrics = [o.metric if isinstance(o, Objective) else o for o in study.objectives]
+    for name, metric in [(n, m) for n in sorted(names) for m in metrics]:
+        cfg = with_overrides(study.config, {"task.name": name}).task
+        reported = (*get_task(name).metric_names(cfg), *TRAINING_METRICS)
+        if metric not in reported:
+            raise ConfigError(
+                f"{where('objective.metric')}: objective metric {metric!r} is "
+                f"not reported by task {name}; it reports {', '.join(reported)}"
+            )
+    if not study.also:
+        return
+    if len(set(metrics)) < len(metrics) or not all(isinstance(o, Objective) for o in study.also):
+        raise ConfigError(
+            f"{where('objective')}: a Pareto search's objective is a list of different "
+            "{metric: NAME, mode: max|min} mappings"
+        )
+    if study.searcher != "optuna" or study.scheduler.name != "none":
+        raise ConfigError(
+            f"{where('objective')}: a Pareto search ({len(metrics)} objectives) needs searcher: "
+            f"optuna and scheduler: {{name: none}} (ASHA stops trials on one metric); "
+            f"this study has searcher {study.searcher}, scheduler {study.scheduler.name}"
+        )
 
 
 SECTIONS = {
@@ -335,6 +316,7 @@ SECTIONS = {
     "budget": Budget,
     "scheduler": Scheduler,
     "optuna": OptunaSettings,
+    "tracking": Tracking,
 }
 TOP_OVERRIDES = ("name", "seed", "seeds", "variants")  # top-level keys --set may replace
 
@@ -357,7 +339,9 @@ def _raw_parts(
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], Any]:
     """The top-level values, the section mappings and the raw search space, as written
     (before overrides; copies, so overrides may change them)."""
-    sections = {}
+    sections, also = {}, data.get("objective")
+    if isinstance(also, list) and also:  # a Pareto search: the first is the primary objective
+        data = {**data, "objective": also[0]}
     for k in SECTIONS:
         if not isinstance(data.get(k) or {}, Mapping):
             raise ConfigError(f"{where(k)}: {k} must be a mapping, got {data[k]!r}")
@@ -367,6 +351,7 @@ def _raw_parts(
         "seed": data.get("seed", 0),
         "seeds": data.get("seeds"),
         "variants": data.get("variants"),
+        "also": also[1:] if isinstance(also, list) else [],
     }
     raw = data.get("search")
     search_raw = dict(raw or {}) if isinstance(raw, Mapping) else raw
@@ -407,31 +392,6 @@ def _apply_overrides(
         else:
             raise _unknown(origin, key, key, valid_over)
     return cfg_over
-
-
-def _parse_search(
-    search_raw: Any, cfg_over: Mapping[str, Any], base: Config, where: _Where
-) -> dict[str, Param]:
-    """The searched dimensions; a key fixed by an override leaves the search, and conditions
-    on it are resolved against the fixed value."""
-    search_raw = search_raw or {}
-    if not isinstance(search_raw, Mapping):
-        raise ConfigError(f"{where('search')}: search must be a mapping of dotted keys")
-    search: dict[str, Param] = {}
-    valid = all_config_keys()
-    for key, spec in search_raw.items():
-        if key not in valid:
-            raise _unknown(where, f"search.{key}", str(key), valid)
-        if key in cfg_over:
-            continue  # fixed by an override
-        search[key] = _parse_param(key, spec, {**search, **cfg_over}, base, where)
-    fixed = flatten(base)
-    resolved = {}
-    for key, p in search.items():
-        conds = tuple((k, v) for k, v in p.when if k in search)
-        if all(fixed[k] in v for k, v in p.when if k not in search):
-            resolved[key] = Param(p.kind, p.values, conds)
-    return resolved
 
 
 def _check_searcher_rules(
@@ -545,6 +505,7 @@ def study_record(study: Study) -> dict:
         "name": study.name,
         "source": study.source,
         "objective": to_dict(study.objective),
+        **({"also": [to_dict(o) for o in study.also]} if study.also else {}),
         "config": flatten(study.config),
         "search": {k: to_dict(p) for k, p in study.search.items()},
         "searcher": study.searcher,
@@ -556,6 +517,8 @@ def study_record(study: Study) -> dict:
             if study.optuna.storage
             else {}
         ),
+        # only when set (as optuna); absolute URIs, so a resume elsewhere tracks the same place
+        **({"tracking": tracked} if (tracked := tracking_record(study.tracking)) else {}),
     }
 
 
@@ -570,9 +533,11 @@ def study_from_record(record: dict) -> Study:
             for k, p in record["search"].items()
         },
         objective=Objective(**record["objective"]),
+        also=tuple(Objective(**o) for o in record.get("also", [])),
         searcher=record["searcher"],
         seeds=tuple(record["seeds"]),
         variants=tuple(record["variants"]),
         optuna=OptunaSettings(**record.get("optuna", {})),
+        tracking=Tracking(**record.get("tracking", {})),
         source=record["source"],
     )

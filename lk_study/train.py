@@ -5,12 +5,15 @@ context (rank, device, checkpoint, report). ``fit`` is plain PyTorch: AdamW, the
 (or linear) schedule, gradient clipping, bf16 autocast on GPU, evaluation every
 ``train.eval_every`` steps, and at each evaluation one report (+ a checkpoint from rank 0).
 Resuming from a checkpoint restores model, optimiser, schedule, step, random-feature draw and
-data order, so a restarted run continues as if never interrupted.
+data order, so a restarted run continues as if never interrupted. Each checkpoint also keeps
+the run's metric history (every report so far: ``state["history"]``, and ``HISTORY_FILE`` next
+to the state), so a study driver restarted after a kill can give Tune the whole curve again.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import resource
@@ -39,6 +42,8 @@ from lk_study.config import (
 )
 from lk_study.tasks import Split, get_task, prepare
 from lk_study.tasks.base import PAD_ID
+
+HISTORY_FILE = "history.json"  # in each checkpoint: every report up to it, and its files' sizes
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
@@ -217,10 +222,13 @@ class _Run:
 
 class _Reporter:
     """Evaluates every split, adds the training counters since the last report, and calls
-    ``report(metrics, state)`` (the state only on rank 0, none for a failed run)."""
+    ``report(metrics, state)`` (the state only on rank 0, none for a failed run). ``history``
+    holds every report of the run so far (a resumed run starts from its checkpoint's); each
+    state carries it."""
 
-    def __init__(self, run: _Run, report: Report) -> None:
+    def __init__(self, run: _Run, report: Report, history: list[dict] | None = None) -> None:
         self.run, self.report = run, report
+        self.history = list(history or [])
         self.t0 = self.last = time.perf_counter()
         self.loss_sum, self.loss_n, self.tokens = 0.0, 0, 0
         # files each checkpoint carries besides the state (e.g. the MLM's tokenizer.json)
@@ -271,7 +279,9 @@ class _Reporter:
         snapshot = None
         if error is not None:
             metrics["error"] = error
-        elif run.rank == 0:
+        else:
+            self.history.append(dict(metrics))
+        if error is None and run.rank == 0:
             snapshot = {
                 "model": run.core.state_dict(),
                 "optim": run.optim.state_dict(),
@@ -280,6 +290,10 @@ class _Reporter:
                 "seconds": metrics["seconds"],
                 "config": to_dict(run.cfg),
                 "artifacts": self.artifacts,
+                "history": list(self.history),
+                # the random state dropout draws from, so a resumed run continues exactly
+                "rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state()} if run.device.type == "cuda" else {}),
             }
         self.report(metrics, snapshot)
         self.loss_sum, self.loss_n, self.tokens, self.last = 0.0, 0, 0, time.perf_counter()
@@ -304,7 +318,7 @@ def fit(
     train, evals, local_batch, steps_per_epoch, t = _data(cfg, task, rank, world_size)
     core = build_model(cfg).to(device)
     optim, sched = _optimiser(core, t)
-    start, elapsed = 0, 0.0
+    start, elapsed, history = 0, 0.0, []
     if state is None and cfg.model.init_from:
         loaded = load_encoder(core, cfg.model.init_from)
         if rank == 0:
@@ -314,6 +328,11 @@ def fit(
         optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         start, elapsed = state["step"], state["seconds"]
+        history = state.get("history", [])  # (checkpoints from before histories: none)
+        if "rng" in state:  # (older checkpoints: dropout draws differ after the resume)
+            torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
     redraw = cfg.kernel.redraw
 
     def train_draw(step: int) -> int:  # redraw index in force at ``step``
@@ -325,7 +344,7 @@ def fit(
         cfg, task, model, core, optim, sched, evals, t, local_batch, steps_per_epoch, elapsed,
         rank, world_size, device,
     )  # fmt: skip
-    reporter = _Reporter(run, report)
+    reporter = _Reporter(run, report, history)
 
     for step, idx in batches(len(train), local_batch, t.seed + 7919 * rank, start):
         if step >= t.max_steps:
@@ -372,6 +391,28 @@ def inject_failure(step: int) -> None:
     raise RuntimeError(f"injected worker failure at step {step} (LK_STUDY_FAIL_AT_STEP)")
 
 
+def write_checkpoint(snapshot: dict, folder: str) -> None:
+    """A checkpoint in local ``folder``: the state (``CHECKPOINT_FILE``), the artifacts it
+    names (e.g. tokenizer.json), and ``HISTORY_FILE`` last (it lists the others' sizes)."""
+    torch.save(snapshot, os.path.join(folder, CHECKPOINT_FILE))
+    for name, src in snapshot.get("artifacts", {}).items():
+        shutil.copyfile(src, os.path.join(folder, name))
+    write_history(snapshot.get("history", []), folder)
+
+
+def write_history(history: list[dict], folder: str) -> None:
+    """``HISTORY_FILE`` in checkpoint ``folder``: {"rows": history (report dicts), "files":
+    the size of every other file there}, so a reader can tell a checkpoint whose upload a kill
+    cut short (``lk_study.tune.restart_history``). Numpy scalars as Python numbers."""
+
+    def plain(value):
+        return value.item() if hasattr(value, "item") else str(value)
+
+    files = {name: os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder)}
+    with open(os.path.join(folder, HISTORY_FILE), "w") as f:
+        json.dump({"rows": history, "files": files}, f, default=plain)
+
+
 # ---------------------------------------------------------------------------- Ray Train
 
 
@@ -416,9 +457,7 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as d:
-            torch.save(snapshot, os.path.join(d, CHECKPOINT_FILE))
-            for name, src in snapshot.get("artifacts", {}).items():
-                shutil.copyfile(src, os.path.join(d, name))
+            write_checkpoint(snapshot, d)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     fit(

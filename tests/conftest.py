@@ -38,6 +38,8 @@ FILE_TIERS = {
     "test_analysis.py": "smoke",  # its notebook test is marked integration
     "test_architecture.py": "smoke",
     "test_bench.py": "smoke",
+    "test_bench_train.py": "smoke",
+    "test_chaos_data.py": "smoke",  # bad data files, stale or corrupt cache, error column
     "test_config.py": "smoke",
     "test_deviations.py": "smoke",
     "test_extending.py": "smoke",
@@ -55,8 +57,13 @@ FILE_TIERS = {
     "test_synthetic_text.py": "smoke",
     "test_tasks.py": "smoke",
     "test_cluster.py": "integration",
+    "test_chaos_storage.py": "integration",  # full / read-only disks, two drivers, damage
+    "test_chaos_resume.py": "integration",
+    "test_s3.py": "integration",  # a local moto S3 server
+    "test_pareto.py": "smoke",  # its end-to-end study is marked integration
     "test_searchers.py": "integration",
     "test_study.py": "integration",
+    "test_tracking.py": "integration",
 }
 DEFAULT_TIER = "smoke"  # a file not listed yet
 

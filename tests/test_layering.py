@@ -28,17 +28,23 @@ RANKS = {
     "bench_approx": 3,
     "tasks": 4,
     "config": 5,
+    "space": 5.5,  # the search-space language, read by study
+    "tracking": 5.7,  # the study's tracking section (read by study); Ray only when tracking
     "study": 6,
     "train": 7,
     "spectra": 7,  # learned spectra: models from checkpoints
     "analysis": 7,  # results -> pandas: nothing from train, tune, models, spectra
     "tables": 6,  # the paper tables, re-exported by analysis
     "searchers": 8,
+    "bench_train": 8,  # training-speed benchmark: study trial configs, train.build_model
+    "trial": 8.5,  # one trial's training and checkpoints, on either runner (REPLAYED)
+    "progress": 8,  # the study's console (a Tune callback)
     "tune": 9,
     "plots": 10,
+    "bench_study": 10,  # runs studies through tune
     "cli": 11,
 }
-RAY_MODULES = {"train", "tune", "searchers", "cli"}
+RAY_MODULES = {"train", "trial", "progress", "tune", "searchers", "cli", "tracking"}
 
 
 def modules() -> dict[str, Path]:

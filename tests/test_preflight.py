@@ -8,10 +8,10 @@ import pytest
 import ray
 import torch
 
-from lk_study import analysis
+from lk_study import analysis, storage
 from lk_study.cli import main
 from lk_study.config import Config, ConfigError, with_overrides
-from lk_study.study import study_from_dict
+from lk_study.study import load_study_file, study_from_dict
 from lk_study.train import localise
 from lk_study.tune import asha_budget
 
@@ -156,3 +156,42 @@ def test_dry_run_of_the_glue_grid_names_its_references(capsys):
     ref = "model.init_from: study:wikitext_mlm (the matching trial's checkpoint, found at start)"
     assert ref in out
     assert "train.epochs: grid [2.0, 3.0, 4.0]" in out
+
+
+def test_an_objective_no_task_reports_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "obj.yaml"
+    path.write_text(SMALL + "objective: {metric: val_f1, mode: max}\n")
+    with pytest.raises(
+        ConfigError, match=rf"{path}:\d+: objective.metric 'val_f1' is not reported"
+    ):
+        load_study_file(path)
+    path.write_text(SMALL + "objective: {metric: train_loss, mode: min}\n")
+    assert load_study_file(path).objective.metric == "train_loss"  # training metrics count
+    glue = {"name": "g", "config": {"task": {"name": "glue/mnli"}}, "search": {}}
+    glue["objective"] = {"metric": "val_score"}
+    assert study_from_dict(glue).objective.metric == "val_score"
+    glue["objective"] = {"metric": "val_accuracy"}  # MNLI reports matched / mismatched only
+    with pytest.raises(ConfigError, match=r"val_matched_accuracy"):
+        study_from_dict(glue)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_trials_this_machine_cannot_hold_are_refused_before_anything_is_written(tmp_path, capsys):
+    study = tmp_path / "gpu.yaml"
+    study.write_text(
+        SMALL.replace(
+            "gmm_prf, num_features: 8}", "gmm_prf, num_features: 8}\n  scaling: {use_gpu: true}"
+        )
+    )
+    code, err = run(["tune", str(study), "--storage", str(tmp_path / "s")], capsys)
+    assert code == 2 and f"{study}:" in err and "scaling.use_gpu: one trial needs" in err
+    assert not (tmp_path / "s").exists() and not ray.is_initialized()
+
+
+def test_a_folder_from_a_failed_start_starts_afresh_a_damaged_study_is_refused(tmp_path):
+    uri = str(tmp_path / "small")
+    storage.write_json(uri, storage.STUDY_FILE, {"name": "small", "config": {"old": 1}})
+    assert storage.check_state(uri, {"name": "small", "config": {}}) is False  # replaced
+    (tmp_path / "small" / "trial_driver_abc_1").mkdir()
+    with pytest.raises(storage.StudyStateError, match="holds 1 trial folders but no experiment"):
+        storage.check_state(uri, {"name": "small", "config": {}})

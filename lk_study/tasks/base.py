@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,31 +79,125 @@ def ids_array(rows: list[np.ndarray] | np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
 
 
+SOURCE_WORDS = ("hub", "generate", "")  # task.source values that are not a PATH
+
+
+def source_fingerprint(path: str | os.PathLike) -> list:
+    """The identity of a PATH source for the cache key: every file under it (or the file
+    itself) as [relative path, size, mtime_ns], sorted; ["missing"] if it does not exist.
+    Stats only (no reads), so a release of many thousand files costs one directory walk."""
+    root = Path(path).expanduser()
+    if root.is_file():
+        st = root.stat()
+        return [[root.name, st.st_size, st.st_mtime_ns]]
+    if not root.is_dir():
+        return ["missing"]
+    entries = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            full = Path(folder) / name
+            try:
+                st = full.stat()
+            except OSError:  # vanished or a dangling link: part of the identity too
+                entries.append([str(full.relative_to(root)), -1, -1])
+                continue
+            entries.append([str(full.relative_to(root)), st.st_size, st.st_mtime_ns])
+    return entries
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a cached split cannot be used (no Parquet footer, no rows), or None."""
+    try:
+        meta = pq.read_metadata(path)
+    except Exception as e:  # ArrowInvalid (truncated, not Parquet), OSError
+        return f"{type(e).__name__}: {e}"
+    if meta.num_rows == 0:
+        return "no rows"
+    return None
+
+
+def describe_source(cfg: TaskConfig) -> str:
+    source = getattr(cfg, "source", None)
+    return f"source {source}" if source else "generated data"
+
+
 def prepare_cached(
-    cfg: TaskConfig, splits: tuple[str, ...], build: Callable[[], dict[str, pa.Table]]
+    cfg: TaskConfig,
+    splits: tuple[str, ...],
+    build: Callable[[], dict[str, pa.Table]],
+    *,
+    sources: tuple[str | os.PathLike, ...] | None = None,
+    identity: dict | None = None,
 ) -> dict[str, Path]:
-    """Build the splits once per machine: cache/<task>/<hash of cfg>/<split>.parquet.
+    """Build the splits once per machine: cache/<task>/<key>/<split>.parquet.
+
+    The key hashes everything that changes the rows: every field of ``cfg`` but
+    ``cache_dir`` (``on_bad_rows`` included: a cache built skipping bad rows is not reused
+    under ``error``), ``identity`` (e.g. the hub dataset's name and config) and the
+    fingerprint (``source_fingerprint``: path, size, mtime of every file) of ``sources``,
+    by default ``cfg.source`` when it is a PATH; so a fixed source file gives a new cache.
 
     ``build()`` returns {split: table}; it runs under a file lock, so concurrent trials on a
-    machine wait for the first one instead of building the data twice.
+    machine wait for the first one instead of building the data twice. A split with no rows
+    is a ValueError naming it and the source. Cached files are checked under the lock before
+    they are reused (their Parquet footer is read): a truncated or unreadable one is deleted
+    and the splits are rebuilt, with a warning naming the file. Writes are atomic
+    (temporary file, then rename).
     """
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("cache_dir", "on_bad_rows")}
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    params = {k: v for k, v in asdict(cfg).items() if k != "cache_dir"}
+    if sources is None:
+        source = getattr(cfg, "source", "")
+        sources = () if not isinstance(source, str) or source in SOURCE_WORDS else (source,)
+    key_parts = {
+        "params": params,
+        "identity": identity or {},
+        "sources": {str(s): source_fingerprint(s) for s in sources},
+    }
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root(cfg) / cfg.name.replace("/", "_") / key
     paths = {s: folder / f"{s}.parquet" for s in splits}
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / ".lock")):
         if all(p.exists() for p in paths.values()):
-            return paths
+            problems = {s: _unreadable(p) for s, p in paths.items()}
+            broken = {s: why for s, why in problems.items() if why}
+            if not broken:
+                return paths
+            for split, why in broken.items():
+                logger.warning(
+                    "task %s: cached split %s is unreadable (%s); deleting it and rebuilding "
+                    "the data",
+                    cfg.name,
+                    paths[split],
+                    why,
+                )
+            for p in paths.values():
+                p.unlink(missing_ok=True)
         tables = build()
         missing = set(splits) - set(tables)
         if missing:
             raise RuntimeError(f"task {cfg.name}: build() did not produce splits {sorted(missing)}")
         for split in splits:
+            if tables[split].num_rows == 0:
+                raise ValueError(
+                    f"task {cfg.name}: split {split!r} of {describe_source(cfg)} is empty "
+                    f"(0 rows after reading"
+                    + (" and skipping bad rows" if cfg.on_bad_rows == "skip" else "")
+                    + "); every split needs at least one example"
+                )
+        for split in splits:
             tmp = paths[split].with_suffix(".tmp")
             pq.write_table(tables[split], tmp)
             tmp.replace(paths[split])  # atomic: a crash never leaves half a split
-        (folder / "params.json").write_text(json.dumps(params, indent=1))
+        summary = {
+            **key_parts,
+            "sources": {
+                s: {"files": len(f), "bytes": sum(e[1] for e in f if isinstance(e, list))}
+                for s, f in key_parts["sources"].items()
+            },
+        }
+        (folder / "params.json").write_text(json.dumps(summary, indent=1))
     return paths
 
 
@@ -210,6 +304,41 @@ class BadRows:
             )
 
 
+_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
+    """The lines of a UTF-8 text file, decoded one by one (``errors="strict"``), so one
+    undecodable line is a bad row and not a codec error for the whole file: (1-based line
+    number, text without its line ending or None, problem or ""). A leading UTF-8 BOM is
+    dropped; a file starting with a UTF-16/32 BOM is ValueError naming the file."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1:
+                if raw.startswith(_UTF16_32_BOMS):
+                    raise ValueError(
+                        f"{path}, line 1: the file is UTF-16 or UTF-32 (byte-order mark "
+                        f"{raw[:2].hex(' ')}); save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8"
+                    )
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            line = raw.rstrip(b"\r\n")
+            nul = line.find(b"\x00")
+            if nul >= 0:
+                problem = f"NUL byte at column {nul + 1}: binary data or UTF-16 text, not UTF-8"
+                yield lineno, None, problem
+                continue
+            try:
+                text = line.decode("utf-8", errors="strict")
+            except UnicodeDecodeError as e:
+                problem = (
+                    f"not UTF-8 text (byte 0x{line[e.start]:02x} at column {e.start + 1}: "
+                    f"{e.reason}); the file must be UTF-8"
+                )
+                yield lineno, None, problem
+                continue
+            yield lineno, text, ""
+
+
 class Task:
     """The interface of a ``TASKS`` entry. Subclasses set ``Config`` and ``head`` and
     implement the four data methods; the rest has defaults.
@@ -253,6 +382,14 @@ class Task:
 
     def score(self, results: dict[str, dict[str, float]]) -> float | None:
         return None
+
+    def metric_names(self, cfg: TaskConfig) -> tuple[str, ...]:
+        """The metrics training reports for this task (what a study's objective may name):
+        per evaluation split, ``val_`` (+ the split's suffix) + ``loss`` and each key of
+        ``metrics`` (default: accuracy); override it when ``metrics`` or ``score`` differ."""
+        rests = [s.removeprefix("validation").strip("_") for s in self.splits[1:]]
+        prefixes = [f"val_{rest}_" if rest else "val_" for rest in rests]  # train.metric_prefix
+        return tuple(p + k for p in prefixes for k in ("loss", "accuracy"))
 
 
 def progress(iterable=None, desc: str = "", total: int | None = None, unit: str = "rows"):

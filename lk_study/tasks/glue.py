@@ -239,6 +239,11 @@ class Glue(Task):
     def metrics(self, pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
         return self.spec.metric(pred, label)
 
+    def metric_names(self, cfg: GlueConfig) -> tuple[str, ...]:
+        """Each eval split's loss, the official metrics (``Spec.metrics``) and ``val_score``."""
+        losses = [n for n in super().metric_names(cfg) if n.endswith("loss")]
+        return (*losses, *self.spec.metrics, "val_score")
+
     def score(self, results: dict[str, dict[str, float]]) -> float:
         """GLUE's task score of one evaluation ({split: metrics}): the mean of the official
         dev metrics of every eval split (MNLI: matched and mismatched accuracy), reported as

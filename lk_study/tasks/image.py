@@ -250,4 +250,4 @@ class Image(AccuracyTask):
                 for ours, theirs in SPLITS.items()
             }
 
-        return prepare_cached(cfg, self.splits, build)
+        return prepare_cached(cfg, self.splits, build, identity={"hub": HUB_NAME})

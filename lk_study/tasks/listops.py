@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lk_study.generators.listops import CLOSE, DIGITS, OPERATORS, PARENS, generate
+from lk_study.generators.listops import CLOSE, DIGITS, OPERATORS, PARENS, evaluate, generate
 from lk_study.tasks.base import (
     PAD_ID,
     AccuracyTask,
@@ -43,6 +43,7 @@ from lk_study.tasks.base import (
     ids_array,
     prepare_cached,
     progress,
+    text_lines,
 )
 
 # ids 1..15 after the padding id: this task's own vocabulary, not the byte vocabulary
@@ -156,6 +157,10 @@ def _row_problem(fields: list[str]) -> str | None:
     unknown = tokens - _SOURCE_TOKENS
     if unknown:
         return f"unknown token(s) in source: {', '.join(sorted(map(repr, unknown))[:5])}"
+    try:
+        evaluate(source)  # brackets balance, every operator is closed, one expression
+    except ValueError as e:
+        return f"malformed expression: {e}"
     return None
 
 
@@ -164,11 +169,14 @@ def read_tsv(
 ) -> tuple[list[str], list[int], int]:
     """Read one release file -> (sources, labels, num_skipped).
 
-    A malformed row (wrong column count, a label that is not an integer or not in 0-9, an
-    empty source or an unknown token) goes through ``BadRows``: ValueError ``FILE, line N:
-    problem`` (lines are 1-based and count the header), or with ``on_bad_rows="skip"``
-    skipped, counted and logged. A missing or wrong header is always an error; a missing file
-    is FileNotFoundError."""
+    Lines are decoded one by one as strict UTF-8 (``text_lines``). A malformed row (wrong
+    column count, a label that is not an integer or not in 0-9, an empty source, an unknown
+    token, an expression that ``evaluate`` rejects: unbalanced brackets, an operator not
+    closed with ``]``, two top-level expressions; or a line that is not UTF-8 or holds NUL
+    bytes) goes through ``BadRows``: ValueError ``FILE, line N: problem`` (lines are 1-based
+    and count the header), or with ``on_bad_rows="skip"`` skipped, counted and logged. A
+    missing, wrong or undecodable header (a UTF-16 file, binary data) is always an error; a
+    missing file is FileNotFoundError."""
     path = Path(path)
     bad = BadRows(on_bad_rows, str(path))
     if not path.is_file():
@@ -178,20 +186,22 @@ def read_tsv(
         )
     sources: list[str] = []
     labels: list[int] = []
-    with open(path, encoding="utf-8", newline="") as f:
-        header = f.readline().rstrip("\r\n")
-        if tuple(header.split("\t")) != HEADER:
-            raise ValueError(
-                f"{path}, line 1: expected the header 'Source<TAB>Target', found {header[:80]!r}"
-            )
-        for lineno, line in enumerate(f, 2):
-            fields = line.rstrip("\r\n").split("\t")
-            problem = _row_problem(fields)
-            if problem is None:
-                sources.append(fields[0].strip())
-                labels.append(int(fields[1]))
-            else:
-                bad(f"line {lineno}", problem)
+    lines = text_lines(path)
+    _, header, problem = next(lines, (1, "", ""))
+    if header is None:
+        raise ValueError(f"{path}, line 1: {problem}")
+    if tuple(header.split("\t")) != HEADER:
+        raise ValueError(
+            f"{path}, line 1: expected the header 'Source<TAB>Target', found {header[:80]!r}"
+        )
+    for lineno, line, problem in lines:
+        fields = line.split("\t") if line is not None else []
+        problem = problem or _row_problem(fields)
+        if not problem:
+            sources.append(fields[0].strip())
+            labels.append(int(fields[1]))
+        else:
+            bad(f"line {lineno}", problem)
     bad.log()
     return sources, labels, bad.skipped
 
@@ -281,10 +291,16 @@ class ListOps(AccuracyTask):
                 n_train = max(1, int(round(len(examples) * (1 - cfg.val_fraction))))
                 parts = {"train": examples[:n_train], "validation": examples[n_train:]}
                 return {s: to_table(*zip(*ex, strict=True)) for s, ex in parts.items()}
-            read = read_release(cfg.source, cfg.on_bad_rows, splits=("train", "val"))
-            return {
-                ours: to_table(read[theirs][0], read[theirs][1])
-                for ours, theirs in (("train", "train"), ("validation", "val"))
-            }
+            tables = {}
+            files = release_paths(cfg.source, ("train", "val"))
+            for ours, theirs in (("train", "train"), ("validation", "val")):
+                sources, labels, skipped = read_tsv(files[theirs], cfg.on_bad_rows)
+                if not sources:
+                    raise ValueError(
+                        f"{files[theirs]}: the {ours} split has no usable rows "
+                        f"({skipped} skipped as malformed)"
+                    )
+                tables[ours] = to_table(sources, labels)
+            return tables
 
         return prepare_cached(cfg, self.splits, build)

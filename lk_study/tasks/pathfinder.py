@@ -294,4 +294,5 @@ class Pathfinder(AccuracyTask):
                 )
             }
 
-        return prepare_cached(cfg, self.splits, build)
+        sources = () if cfg.source == "generate" else (Path(cfg.source) / cfg.difficulty,)
+        return prepare_cached(cfg, self.splits, build, sources=sources)

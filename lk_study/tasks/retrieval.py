@@ -11,8 +11,6 @@ row starting with ``label`` is skipped). Ours: train -> train, eval -> validatio
 
 from __future__ import annotations
 
-import csv
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from lk_study.tasks.base import (
     ids_array,
     prepare_cached,
     progress,
+    text_lines,
 )
 
 NO_SOURCE = (
@@ -52,37 +51,42 @@ class RetrievalConfig(TaskConfig):
 
 
 def read_tsv(path: Path, cfg: RetrievalConfig) -> pa.Table:
-    """Parse one AAN TSV; malformed rows raise (file and line) or are skipped per policy."""
+    """Parse one AAN TSV, line by line as strict UTF-8 (``text_lines``); malformed rows
+    (column count, label, empty text, a line that is not UTF-8 or holds NUL bytes) raise
+    (file and line) or are skipped per policy; a file with no usable rows is an error."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: expected the LRA AAN file {path.name} here")
     bad = BadRows(cfg.on_bad_rows, str(path))
     ids1, ids2, labels = [], [], []
-    csv.field_size_limit(sys.maxsize)
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for line_no, row in enumerate(progress(reader, desc=path.name, unit="lines"), 1):
-            if line_no == 1 and row and row[0].strip().lower() == "label":
-                continue
-            if cfg.max_examples and len(labels) >= cfg.max_examples:
-                break
-            if len(row) != 5:
-                bad(f"line {line_no}", f"expected 5 tab-separated columns, got {len(row)}")
-                continue
-            try:
-                label = float(row[0])
-            except ValueError:
-                bad(f"line {line_no}", f"label {row[0]!r} is not a number")
-                continue
-            if label not in (0.0, 1.0):
-                bad(f"line {line_no}", f"label {row[0]!r} is not 0 or 1")
-                continue
-            if not row[3].strip() or not row[4].strip():
-                bad(f"line {line_no}", "empty document text")
-                continue
-            ids1.append(byte_ids(row[3], cfg.max_len))
-            ids2.append(byte_ids(row[4], cfg.max_len))
-            labels.append(int(label))
+    for line_no, line, problem in progress(text_lines(path), desc=path.name, unit="lines"):
+        if problem:
+            bad(f"line {line_no}", problem)
+            continue
+        row = line.split("\t") if line else []
+        if line_no == 1 and row and row[0].strip().lower() == "label":
+            continue
+        if cfg.max_examples and len(labels) >= cfg.max_examples:
+            break
+        if len(row) != 5:
+            bad(f"line {line_no}", f"expected 5 tab-separated columns, got {len(row)}")
+            continue
+        try:
+            label = float(row[0])
+        except ValueError:
+            bad(f"line {line_no}", f"label {row[0]!r} is not a number")
+            continue
+        if label not in (0.0, 1.0):
+            bad(f"line {line_no}", f"label {row[0]!r} is not 0 or 1")
+            continue
+        if not row[3].strip() or not row[4].strip():
+            bad(f"line {line_no}", "empty document text")
+            continue
+        ids1.append(byte_ids(row[3], cfg.max_len))
+        ids2.append(byte_ids(row[4], cfg.max_len))
+        labels.append(int(label))
     bad.log()
+    if not labels:
+        raise ValueError(f"{path}: no usable rows ({bad.skipped} skipped as malformed)")
     return pa.table(
         {
             "ids": ids_array(ids1),

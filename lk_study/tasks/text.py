@@ -83,4 +83,4 @@ class Text(AccuracyTask):
                 for ours, theirs in SPLITS.items()
             }
 
-        return prepare_cached(cfg, self.splits, build)
+        return prepare_cached(cfg, self.splits, build, identity={"hub": HUB_NAME})

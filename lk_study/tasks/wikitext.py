@@ -46,12 +46,14 @@ from lk_study.generators import text
 from lk_study.tasks import hf, metrics
 from lk_study.tasks.base import (
     IGNORE,
+    SOURCE_WORDS,
     BadRows,
     Task,
     TaskConfig,
     cache_root,
     check,
     prepare_cached,
+    source_fingerprint,
 )
 from lk_study.tasks.wordpiece import MASK_ID, NUM_SPECIAL, PAD_ID, SEP_ID, WordPiece
 
@@ -155,11 +157,24 @@ class WikiText103MLM(Task):
     def tokenizer_path(self, cfg: WikiTextConfig, data: dict | None = None) -> Path:
         """tokenizer.json trained on the training text (built once, cached, under a lock)."""
         params = {"source": cfg.source, "vocab_size": cfg.vocab_size, "lowercase": cfg.lowercase}
+        if cfg.source not in SOURCE_WORDS:  # a fixed source file gives a new tokenizer
+            params["files"] = source_fingerprint(cfg.source)
         key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
         folder = cache_root(cfg) / cfg.name / "tokenizer" / key
         path = folder / "tokenizer.json"
         folder.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder / ".lock")):
+            if path.exists():
+                try:
+                    json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as e:
+                    logger.warning(
+                        "%s: cached tokenizer %s is unreadable (%s); rebuilding it",
+                        cfg.name,
+                        path,
+                        e,
+                    )
+                    path.unlink()
             if not path.exists():
                 train = (data or self._load(cfg))["train"]
 
@@ -246,7 +261,7 @@ class WikiText103MLM(Task):
                 )
             return tables
 
-        return prepare_cached(cfg, SPLITS, build)
+        return prepare_cached(cfg, SPLITS, build, identity={"hub": list(HUB)})
 
 
 # ------------------------------------------------------ source: generate (offline stand-in)
