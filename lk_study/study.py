@@ -293,7 +293,7 @@ def check_objective(study: Study, where: _Where) -> None:
         reported = (*get_task(name).metric_names(cfg), *TRAINING_METRICS)
         if metric not in reported:
             raise ConfigError(
-                f"{where('objective.metric')}: objective metric {metric!r} is "
+                f"{where('objective.metric')}: objective.metric {metric!r} is "
                 f"not reported by task {name}; it reports {', '.join(reported)}"
             )
     if not study.also:

@@ -482,6 +482,7 @@ def _fit(
         trainable = _trainable(study, root, exp_path)
         if restore:
             print(f"Resuming study {study.name!r} from {exp_path}")
+            _legacy_names()
             # Ray 4: Tuner.restore: finished trials kept, unfinished ones from their checkpoints
             tuner = tune.Tuner.restore(
                 exp_path, trainable, resume_unfinished=True, resume_errored=retry_errored
@@ -502,6 +503,16 @@ def _fit(
             if not verbose:
                 keep_logs(exp_path)
             stop_ray()  # Ray 6: flush worker logs before the leaderboard
+
+
+def _legacy_names() -> None:
+    """Classes that studies started by older lk_study versions pickled under their old
+    module (tuner.pkl, the searcher state), where Tune's restore looks for them."""
+    import lk_study.config
+    from lk_study.space import Param
+
+    if not hasattr(lk_study.config, "Param"):  # moved to lk_study.space
+        lk_study.config.Param = Param
 
 
 def untracked(record: dict) -> dict:
