@@ -56,12 +56,13 @@ class Progress(tune.Callback):
     def _params(self, trial) -> dict[str, Any]:
         config = dict(trial.config or {})
         config = config.get("point", config)
-        return {k: config.get(k, self.base.get(k)) for k in self.keys}
+        params = {k: config.get(k, self.base.get(k)) for k in self.keys}
+        if params["kernel.name"] == "softmax":  # no random features
+            params["kernel.num_features"] = None
+        return params
 
     def _describe(self, trial) -> str:
         params = self._params(trial)
-        if params["kernel.name"] == "softmax":
-            params["kernel.num_features"] = None
         return " ".join(
             f"{SHORT.get(k, k)}={_value(v)}" for k, v in params.items() if v is not None
         )

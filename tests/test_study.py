@@ -1,6 +1,7 @@
 """Integration tier: a real --smoke study through Ray Tune + Optuna + Ray Train, via the CLI."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -32,7 +33,7 @@ COLUMNS = {
 }
 
 
-def cli(*args, timeout=420):
+def cli(*args, timeout=420, both=False):
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
     proc = subprocess.run(
         [sys.executable, "-m", "lk_study.cli", *args],
@@ -42,7 +43,15 @@ def cli(*args, timeout=420):
         env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+    return proc.stdout + proc.stderr if both else proc.stdout
+
+
+def assert_quiet(console: str) -> None:
+    """A healthy study's console: no error-looking line, none of Ray Train's chatter, no
+    Ray C++ log line (``[... E 1234 5678] core_worker.cc``)."""
+    for line in console.splitlines():
+        assert "ERROR" not in line and "RayTrainWorker" not in line, line
+        assert not re.search(r"\b[EF] \d+ \d+\]", line), line
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +65,7 @@ def smoke_study(tmp_path_factory):
         str(storage),
         "--set",
         "budget.num_samples=3",
+        both=True,
     )
     return storage / "quickstart-smoke", out
 
@@ -64,7 +74,13 @@ def test_smoke_study_runs_and_prints_leaderboard(smoke_study):
     path, out = smoke_study
     assert "Leaderboard (val_accuracy, max)" in out
     assert f"Results table: {path}/trials.parquet" in out
+    assert_quiet(out)
     trials = pd.read_parquet(path / "trials.parquet")
+    for tid in trials["trial_id"]:  # one line when each trial starts, one when it ends
+        assert len(re.findall(rf"\] start +{tid} ", out)) == 1, out
+        assert len(re.findall(rf"\] done +{tid} ", out)) == 1, out
+    assert "study finished: 3 TERMINATED" in out
+    assert (path / "logs").is_dir()  # Ray's own logs: in the study folder
     assert len(trials) == 3
     assert COLUMNS <= set(trials.columns), COLUMNS - set(trials.columns)
     assert set(trials["status"]) <= {"TERMINATED"}
@@ -144,7 +160,8 @@ def test_worker_failure_is_retried_and_nan_trial_errors(tmp_path, monkeypatch):
     marker = tmp_path / "failed-once"
     monkeypatch.setenv("LK_STUDY_FAIL_AT_STEP", "12")
     monkeypatch.setenv("LK_STUDY_FAIL_MARKER", str(marker))
-    cli("tune", str(study), "--storage", str(tmp_path / "runs"))
+    out = cli("tune", str(study), "--storage", str(tmp_path / "runs"), both=True)
+    assert "reason: FloatingPointError: training loss became nan" in out  # on the console
     assert marker.exists()  # the failure was injected (in the healthy trial: the other NaNs early)
     res = load_study(str(tmp_path / "runs" / "faults"))
     trials = res.trials.set_index("train.lr")
