@@ -48,13 +48,7 @@ def restart_history(run: str) -> list[dict]:
 
     snapshot = _adopt(run, _read(run, TRAIN_SNAPSHOT))
     latest = snapshot.get("latest_checkpoint_result") or {}
-    registered = [
-        *snapshot.get("checkpoint_results", []),
-        *snapshot.get("pending_training_results", []),
-        latest,
-    ]
-    keep = {r.get("checkpoint_dir_name") for r in registered if r}
-    _delete_unregistered(run, keep)
+    _delete_unregistered(run, _registered(snapshot))
     if not latest.get("checkpoint_dir_name"):
         return []
     ckpt = study_files.join(run, latest["checkpoint_dir_name"])
@@ -68,6 +62,25 @@ def restart_history(run: str) -> list[dict]:
 
 
 HISTORY = "history.json"  # lk_study.train.HISTORY_FILE (no torch import needed to read it)
+
+
+def _registered(snapshot: dict) -> set:
+    """The checkpoint folders Ray Train's snapshot names."""
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    results = [
+        *snapshot.get("checkpoint_results", []),
+        *snapshot.get("pending_training_results", []),
+    ]
+    return {r.get("checkpoint_dir_name") for r in [*results, latest] if r}
+
+
+def tidy_run(run: str) -> None:
+    """After a Ray Train run ``run`` ends: delete the ``checkpoint_*`` folders it wrote but
+    never registered (a worker killed between its upload and Ray Train's registration, then
+    restarted), so only the kept checkpoint (``num_to_keep=1``) stays."""
+    snapshot = _read(run, TRAIN_SNAPSHOT)
+    if snapshot.get("latest_checkpoint_result") and not snapshot.get("pending_training_results"):
+        _delete_unregistered(run, _registered(snapshot))
 
 
 def _read(folder: str, name: str) -> dict:

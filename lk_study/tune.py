@@ -57,7 +57,7 @@ from lk_study.searchers import (  # DefineByRun: searcher checkpoints pickled it
 from lk_study.study import Study, storage_url, study_from_record, study_record
 from lk_study.tracking import tracking_callbacks
 from lk_study.train import train_loop_per_worker
-from lk_study.trial import finished, restart_history, run_in_trial
+from lk_study.trial import finished, restart_history, run_in_trial, tidy_run
 
 DRIVER_CPU = 0.1
 POINT = "point"  # grid/random: each trial's parameters, one explicit dict per trial
@@ -84,7 +84,10 @@ def trial_driver(params: dict, base: dict, train_storage: str, root: str) -> Non
     # run is named after it
     trainer = make_trainer(cfg, f"train-{trial_id}", train_storage, [TuneReportCallback()])
     # Ray 3c: Train fit; a worker's exception (e.g. a NaN loss) fails this trial, not the study
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        tidy_run(run)  # checkpoints a restarted worker group wrote but never registered
 
 
 def resolve_refs(cfg: Config, root: str, studies: dict | None = None) -> Config:

@@ -271,6 +271,65 @@ def test_kill_twice_in_a_row_then_resume(tmp_path, reference):
     print("twice:", numbers)
 
 
+WORKER = {"trial": "ray::ImplicitFunc", "train": "ray::RayTrainWorker"}  # process titles
+
+
+def workers(session: int, title: str) -> list[int]:
+    """PIDs of the processes of session ``session`` whose title starts with ``title``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if not entry.isdigit() or os.getsid(int(entry)) != session:
+                continue
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if cmd.startswith(title):
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_worker_sigkill_mid_run_is_retried_from_its_checkpoint(tmp_path, reference, runner):
+    """A real OS kill of the process that trains (the Tune trial's on the trial runner, the
+    Ray Train worker on the train runner) once a trial has checkpointed: the trial restarts
+    from its newest checkpoint and the study finishes by itself, curves as uninterrupted."""
+    storage = tmp_path / "runs"
+    exp = storage / NAME
+    with (tmp_path / "log").open("w") as log:
+        proc = subprocess.Popen(
+            tune_cmd(storage, runner=runner), cwd=ROOT, env=clean_env(), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline, killed = time.time() + 240, []
+        while not killed and time.time() < deadline and proc.poll() is None:
+            if exp.is_dir() and mid_run(exp):
+                at_kill = registered_step(exp)
+                killed = workers(proc.pid, WORKER[runner])[:1]
+                for pid in killed:
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        assert killed, "no worker process found mid-run:\n" + (tmp_path / "log").read_text()[-3000:]
+        assert proc.wait(timeout=300) == 0, (tmp_path / "log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    after = curves_by_key(exp)
+    assert len(after) == 2
+    for key, trial in after.items():
+        assert trial["status"] == "TERMINATED", (key, trial["status"])
+        rows, ref = trial["rows"], reference[key]["rows"]
+        assert [r["step"] for r in rows] == STEPS, (key, rows)
+        for r, rr in zip(rows, ref, strict=True):
+            for m in ("val_accuracy", "val_loss", "train_loss"):
+                assert r[m] == pytest.approx(rr[m], abs=1e-6), (key, r["step"], m)
+    left = {run: len([p for p in (exp / "train_runs" / run).glob("checkpoint_*") if p.is_dir()])
+            for run in at_kill}  # fmt: skip
+    assert set(left.values()) == {1}, left
+    print(runner, "worker kill at checkpoints", at_kill)
+
+
 def test_kill_with_optuna_in_sqlite_leaves_no_running_trial(tmp_path, reference):
     storage = tmp_path / "runs"
     exp = storage / NAME
