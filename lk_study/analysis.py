@@ -15,6 +15,7 @@ From those, the papers' artefacts (figures for each in ``lk_study.plots``); the 
 
     lra_table(study)        kernels × LRA tasks + Avg, mean ± std over seeds (SeedTable)
     glue_table(study)       kernels × GLUE official metrics + GLUE average (GlueTable)
+    sparsity_table(study)   kernels × sparsity levels k/L (dense to sparse), over seeds
     feature_curve(study)    metric vs kernel.num_features per family, over seeds
     efficiency(csv)         ``lk-study bench attention`` CSV + time/memory ratios to sdpa
     spectrum(checkpoint)    learned spectral parameters per layer/head, kernel vs distance
@@ -46,6 +47,7 @@ from lk_study.tables import (  # noqa: F401  re-exported: lk_study.analysis.<nam
     GlueTable,
     NoResults,
     SeedTable,
+    SparsityTable,
     _missing,
     _point_keys,
     _row_order,
@@ -63,6 +65,7 @@ from lk_study.tables import (  # noqa: F401  re-exported: lk_study.analysis.<nam
     metric_mode,
     percent_scale,
     seed_table,
+    sparsity_table,
     trials_of,
 )
 
@@ -111,6 +114,8 @@ def load_study(path: str | Path) -> StudyResults:
 
     path = str(path)
     uri = path if "://" in path else str(Path(path).resolve())
+    if storage.statuses(uri) == {} and exists(storage.join(uri, TRIALS_FILE)):
+        return load_exported(uri)  # trials.parquet and no Tune state: an exported study
     try:
         meta = read_json(uri, STUDY_FILE)
     except ValueError as e:
@@ -162,6 +167,36 @@ def load_study(path: str | Path) -> StudyResults:
     if also and not trials.empty:
         trials["pareto"] = pareto_front(trials, [meta["objective"], *also])
     return StudyResults(uri, trials, curves, meta["objective"], also)
+
+
+CURVES_FILE = "curves.parquet"  # an exported study's curves, beside its trials.parquet
+
+
+def load_exported(path: str | Path) -> StudyResults:
+    """An exported study (``lk-study report --export DIR``): DIR/trials.parquet, and when
+    present DIR/curves.parquet and DIR/lk_study.json; no Tune files. Without the study record
+    the objective is ``val_accuracy`` (or the first ``best.*`` column's metric) and no key
+    counts as searched. ``load_study`` reads such a folder through this."""
+    path = str(path)
+    uri = path if "://" in path else str(Path(path).resolve())
+    trials = _read_parquet(uri, TRIALS_FILE)
+    if trials is None:
+        raise FileNotFoundError(f"{path}: not an exported study (no {TRIALS_FILE})")
+    curves = _read_parquet(uri, CURVES_FILE)
+    meta = read_json(uri, STUDY_FILE) or {}
+    metrics = [c[len("best.") :] for c in trials.columns if c.startswith("best.")]
+    metric = "val_accuracy" if "val_accuracy" in metrics or not metrics else metrics[0]
+    objective = meta.get("objective") or {"metric": metric, "mode": metric_mode(metric)}
+    curves = pd.DataFrame() if curves is None else curves
+    return StudyResults(uri, trials, curves, objective, list(meta.get("also", [])))
+
+
+def _read_parquet(uri: str, name: str) -> pd.DataFrame | None:
+    fs, root = storage.filesystem(uri)
+    if not exists(storage.join(uri, name)):
+        return None
+    with fs.open_input_file(storage.join(root, name)) as f:
+        return pd.read_parquet(f)
 
 
 def pareto_front(trials: pd.DataFrame, objectives: list[dict]) -> pd.Series:
@@ -249,6 +284,40 @@ def results_searched(results: StudyResults) -> list[str]:
     meta = read_json(results.path, STUDY_FILE) or {}
     variant_keys = [k for v in meta.get("variants", []) for k in v if k.startswith("task.name")]
     return list(dict.fromkeys([*variant_keys, *meta.get("search", {})]))
+
+
+TIMELINE_FILE = "timeline.json"  # lk_study.progress writes it when a study ends
+
+
+def wall_time(study: StudyResults) -> dict[str, Any]:
+    """When the trials ran, on the driver's clock: ``start`` (the first trial's start) and
+    ``end`` (the last one's end) in seconds since the epoch, ``seconds`` = end − start,
+    ``trial_seconds`` = Σ (end − start) over the trials, ``trials`` (how many are timed) and
+    ``source``. From STUDY/timeline.json (written when a study ends); a trial it lacks (a
+    study still running) from its result.json timestamps, first to last report (its start-up
+    left out). ``{}`` when neither is there (an exported study without timeline.json)."""
+    timeline = read_json(study.path, TIMELINE_FILE) or {}
+    rows = []
+    for tid, name in study.trials.reindex(columns=["trial_id", "trial_dir"]).itertuples(False):
+        span, source = [timeline.get(tid, {}).get(k) for k in ("start", "end")], TIMELINE_FILE
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in span):
+            reports = _read_trial(storage.join(study.path, str(name)))[1]  # none: exported
+            stamps = [r["timestamp"] for r in reports if isinstance(r.get("timestamp"), int)]
+            span, source = [min(stamps), max(stamps)] if stamps else [], "result.json timestamps"
+        if span:
+            rows.append((*span, source))
+    if not rows:
+        return {}
+    frame = pd.DataFrame(rows, columns=["start", "end", "source"])
+    start, end = float(frame["start"].min()), float(frame["end"].max())
+    return {
+        "start": start,
+        "end": end,
+        "seconds": end - start,
+        "trial_seconds": float((frame["end"] - frame["start"]).sum()),
+        "trials": len(frame),
+        "source": " and ".join(sorted(set(frame["source"]))),
+    }
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -428,7 +497,7 @@ def _distribution(param: dict, seen: pd.Series):
 # ---------------------------------------------------------------------------- rendering
 
 FORMATS = ("text", "markdown", "csv")
-TABLES = ("lra", "glue", "features", "pareto")
+TABLES = ("lra", "glue", "features", "sparsity", "pareto")
 
 
 def to_markdown(frame: pd.DataFrame, index: bool = True) -> str:
@@ -459,10 +528,10 @@ def render(frame: pd.DataFrame, fmt: str = "text", index: bool = True) -> str:
 
 
 def format_table(study: StudyResults, table: str, fmt: str = "text") -> str:
-    """One of the paper's tables for ``study`` (``lra``, ``glue``, ``features``) in ``fmt``.
+    """One of the paper's tables for ``study`` (``TABLES``) in ``fmt``.
 
     text and markdown show 'mean ± std' cells (accuracies in %) under a title; csv gives the
-    numbers, one row per cell (lra, features) or per kernel (glue).
+    numbers, one row per cell (lra, features, sparsity) or per kernel (glue).
     """
     if table == "lra":
         t = lra_table(study)
@@ -490,6 +559,18 @@ def format_table(study: StudyResults, table: str, fmt: str = "text") -> str:
             shown["kernel.num_features"] = shown["kernel.num_features"].astype("Int64")
         title = f"{c.attrs['metric']} vs kernel.num_features, mean ± std over seeds"
         return _titled(title, render(shown, fmt, index=False), fmt)
+    if table == "sparsity":
+        s = sparsity_table(study)
+        if fmt == "csv":
+            return render(s.tidy(), fmt, index=False)
+        lo, hi = int(s.count.min().min()), int(s.count.max().max())
+        seeds_text = str(hi) if lo == hi else f"{lo}–{hi}"
+        unit = " (%)" if percent_scale(s.metric) == 100 else ""
+        title = (
+            f"Sparsity: {s.metric}{unit} per ideal attention density k/L, dense to sparse, "
+            f"mean ± std over seeds ({seeds_text} per cell)"
+        )
+        return _titled(title, render(s.formatted(), fmt), fmt)
     if table == "pareto":
         if "pareto" not in study.trials:
             raise NoResults("not a Pareto search: the study has one objective")

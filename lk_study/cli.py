@@ -4,8 +4,9 @@ lk-study tune STUDY.yaml [--storage PATH_OR_URI] [--set key=value ...] [--smoke]
     [--address ADDR] [--resume] [--retry-errored] [--verbose]
 lk-study resume STUDY_FOLDER [--address ADDR] [--retry-errored] [--verbose]
 lk-study train STUDY.yaml [--storage ...] [--set key=value ...] [--smoke]
-lk-study results PATH [--table lra|glue|features|pareto] [--format text|markdown|csv]
+lk-study results PATH [--table lra|glue|features|sparsity|pareto] [--format text|markdown|csv]
     [--out FILE.parquet|FILE.csv] [--plot DIR] [--top N]
+lk-study report PATH [--out DIR] [--format md|html] [--export DIR] [--top N]
 lk-study kernels
 lk-study data prepare TASK [--source SRC] [--set task.key=value ...]
 lk-study data generate listops|pathfinder --out DIR --num N [--seed S]
@@ -16,7 +17,7 @@ lk-study bench approx [--kernels K ...] [--features M ...] [--norms R ...] [--dr
 lk-study bench study [STUDY.yaml] [--runners train trial] [--sizes smoke full] [--out FILE.csv]
 lk-study bench train [--task NAME] [--kernels K ...] [--lengths N ...] [--batch B]
     [--repeats R] [--features M] [--study FILE] [--set key=value ...] [--step-cap S]
-    [--device DEV] [--out FILE.csv] [--plot FILE.png]
+    [--max-others-cpu F] [--device DEV] [--out FILE.csv] [--plot FILE.png]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lk_study import report  # the report subcommand; matplotlib loads only when it runs
 from lk_study.config import ConfigError, flatten, parse_value, study_refs
 from lk_study.study import Study, load_study_file
 
@@ -275,6 +277,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         "num_features": args.features,
         "study": args.study,
         "step_cap_s": args.step_cap,
+        "max_others_cpu": args.max_others_cpu,
         "device": args.device,
     }
     cfg = TrainBench(
@@ -373,10 +376,10 @@ def _add_results_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="the study folder, e.g. lk_results/quickstart")
     p.add_argument(
         "--table",
-        choices=["lra", "glue", "features", "pareto"],
+        choices=["lra", "glue", "features", "sparsity", "pareto"],
         help="print a paper table instead of the leaderboard: lra (kernels x LRA tasks), "
         "glue (best grid point per GLUE task), features (metric vs kernel.num_features), "
-        "pareto (the Pareto-optimal trials of a multi-objective study)",
+        "sparsity (kernels x ideal attention density k/L), pareto (the Pareto-optimal trials)",
     )
     p.add_argument("--format", choices=["text", "markdown", "csv"], default="text")
     p.add_argument("--out", help="write one row per trial to FILE.parquet or FILE.csv")
@@ -526,6 +529,13 @@ def _add_bench_train_parser(bench_sub: argparse._SubParsersAction) -> None:
         help="a kernel whose step takes (or is predicted to take) over S seconds stops there: "
         "NaN rows with a note (default: 300)",
     )
+    p.add_argument(
+        "--max-others-cpu",
+        type=float,
+        metavar="F",
+        help="retake a timed step during which other processes used more than this share of "
+        "the CPU (at most --repeats retakes per kernel and length; default: 1, never)",
+    )
     p.add_argument("--device", help="cpu or cuda[:i] (default: cuda if available)")
     p.add_argument("--out", help="write one row per (kernel, length) to FILE.csv")
     p.add_argument("--plot", help="write steps/s and peak memory vs length to FILE.png")
@@ -560,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kernels_parser(sub)
     _add_data_parser(sub)
     _add_bench_parser(sub)
+    report.add_parser(sub)
     return parser
 
 

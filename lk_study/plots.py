@@ -109,6 +109,29 @@ def plot_feature_curve(curve: pd.DataFrame, family: str = "kernel.name") -> Figu
     return fig
 
 
+def plot_sparsity(table: analysis.SparsityTable) -> Figure:
+    """The sparsity table (``analysis.sparsity_table``): the metric against the ideal
+    attention density k/L (log axis), one line per kernel, error bars ± std over seeds."""
+    scale = analysis.percent_scale(table.metric)
+    density = table.levels.loc[list(table.mean.columns), "density"].to_numpy(dtype=float)
+    fig = Figure(figsize=(WIDTH, 4.2))
+    ax = fig.add_subplot()
+    for kernel in table.mean.index:
+        mean = table.mean.loc[kernel].to_numpy(dtype=float) * scale
+        std = table.std.loc[kernel].fillna(0.0).to_numpy(dtype=float) * scale
+        ax.errorbar(100 * density, mean, yerr=std, marker="o", capsize=3, label=str(kernel))
+    ax.set_xscale("log")
+    ax.minorticks_off()  # one tick per level, labelled k/L in %
+    ax.set_xticks(100 * density, [f"{100 * d:.3g}" for d in density])
+    ax.set_xlabel("ideal attention density k/L (%), log scale")
+    ax.set_ylabel(_label(table.metric))
+    ax.set_title("Accuracy vs attention sparsity (mean ± std over seeds)")
+    ax.legend(fontsize="small", ncols=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def plot_efficiency(eff: pd.DataFrame, pass_: str = "fwdbwd") -> Figure:
     """Time, peak memory and time ratio to the reference against sequence length, one line
     per kernel (log axes), for one pass (fwd or fwdbwd) of ``analysis.efficiency``."""
@@ -309,8 +332,9 @@ def save(fig: Figure, out_dir: str | Path | None, name: str) -> Figure:
 def save_figures(study: StudyResults, out_dir: str | Path, log: Any = print) -> dict[str, Path]:
     """Write every figure ``study`` supports as PNG into ``out_dir``; returns name -> path.
 
-    curves (always), features (when kernel.num_features is in the table), lra / glue (when
-    the study ran those tasks), pareto (multi-objective studies), importance and parallel
+    curves (always), features (when kernel.num_features is in the table), sparsity (trials
+    at two task.num_signal / task.seq_len levels or more), lra / glue (when the study ran
+    those tasks), pareto (multi-objective studies), importance and parallel
     (searched parameters, ≥ 3 finished trials), spectrum (the best learned-kernel trial's
     checkpoint, local studies). A figure
     the study cannot give is skipped with the reason passed to ``log``.
@@ -320,6 +344,7 @@ def save_figures(study: StudyResults, out_dir: str | Path, log: Any = print) -> 
     makers = {
         "curves": lambda: plot_curves(study),
         "features": lambda: plot_feature_curve(analysis.feature_curve(study)),
+        "sparsity": lambda: plot_sparsity(analysis.sparsity_table(study)),
         "lra": lambda: plot_lra(analysis.lra_table(study)),
         "glue": lambda: plot_glue(analysis.glue_table(study)),
         "importance": lambda: plot_importance(analysis.param_importance(study)),

@@ -4,8 +4,10 @@ trials frame): pandas only; every name here is re-exported as ``lk_study.analysi
     lra_table(study)        kernels × LRA tasks + Avg, mean ± std over seeds (SeedTable)
     glue_table(study)       kernels × GLUE official metrics + GLUE average (GlueTable); each
                             task's metrics and column label come from lk_study.tasks.glue.SPECS
+    sparsity_table(study)   kernels × sparsity levels k/L, mean ± std over seeds
     feature_curve(study)    metric vs kernel.num_features per family, over seeds
     efficiency(csv)         ``lk-study bench attention`` CSV + time/memory ratios to sdpa
+    efficiency_train(csv)   ``lk-study bench train`` CSV + speed-up / memory ratios to softmax
 """
 
 from __future__ import annotations
@@ -254,6 +256,52 @@ def lra_table(study: Results | pd.DataFrame, metric: str | None = None) -> SeedT
     return seed_table(trials, "kernel.name", "task.name", metric or "best.val_accuracy", labels)
 
 
+# ---------------------------------------------------------------------------- sparsity
+
+SPARSITY_KEYS = ("task.num_signal", "task.seq_len")  # k signal tokens among L
+LEVEL = "sparsity level"  # the column key sparsity_table gives each trial: its k/L label
+
+
+@dataclass
+class SparsityTable(SeedTable):
+    """A SeedTable whose columns are sparsity levels, dense to sparse; ``levels`` (indexed by
+    the column labels): task.num_signal (k), task.seq_len (L) and the ideal density k/L."""
+
+    levels: pd.DataFrame | None = None
+
+    def tidy(self) -> pd.DataFrame:
+        """One row per cell: kernel, column, mean, std, count, k, L and density."""
+        return super().tidy().merge(self.levels, left_on="column", right_index=True, how="left")
+
+
+def sparsity_table(study: Results | pd.DataFrame, metric: str | None = None) -> SparsityTable:
+    """The synthetic sparsity study's table: kernels (rows) × sparsity levels (columns, dense
+    to sparse), each labelled by its ideal attention density k/L (task.num_signal /
+    task.seq_len), e.g. 'k=3/64 (4.7%)'; cells mean ± std over seeds of ``metric`` (default
+    ``best.<objective>``: each run's best evaluation), ``count`` the seeds per cell. Raises
+    NoResults unless the trials ran at two levels or more."""
+    metric = metric or default_metric(study)
+    trials = trials_of(study)
+    missing = [k for k in SPARSITY_KEYS if k not in trials]
+    if missing:
+        raise NoResults(f"no sparsity levels: the trials table has no {', '.join(missing)}")
+    k, n = (pd.to_numeric(trials[c], errors="coerce") for c in SPARSITY_KEYS)
+    trials = trials[k.notna() & n.notna() & (n > 0)]
+    levels = pd.DataFrame({SPARSITY_KEYS[0]: k, SPARSITY_KEYS[1]: n}).loc[trials.index]
+    levels["density"] = levels[SPARSITY_KEYS[0]] / levels[SPARSITY_KEYS[1]]
+    label = [f"k={a:g}/{b:g} ({100 * d:.1f}%)" for a, b, d in levels.itertuples(index=False)]
+    levels.index = label
+    levels = levels[~levels.index.duplicated()].sort_values("density", ascending=False)
+    if len(levels) < 2:
+        raise NoResults(
+            "the sparsity table needs trials at two (task.num_signal, task.seq_len) levels or "
+            f"more; this study has {', '.join(levels.index) or 'none'}"
+        )
+    trials = trials.assign(**{LEVEL: label})
+    t = seed_table(trials, "kernel.name", LEVEL, metric, {x: x for x in levels.index}, False)
+    return SparsityTable(t.mean, t.std, t.count, t.metric, levels.loc[list(t.mean.columns)])
+
+
 # ---------------------------------------------------------------------------- GLUE
 
 
@@ -470,3 +518,39 @@ def efficiency_table(
     table = part.pivot_table(index="kernel", columns="seq_len", values=value, sort=False)
     table.columns.name = f"{value} at seq_len"
     return table
+
+
+TRAIN_KEYS = ("seq_len", "batch")
+
+
+def efficiency_train(csv: str | Path | pd.DataFrame, reference: str = "softmax") -> pd.DataFrame:
+    """The ``lk-study bench train`` CSV, its ratios recomputed from the measured columns.
+
+    ``speedup`` = steps_per_s / reference's steps_per_s and ``memory_ratio`` = peak_mib /
+    reference's peak_mib at the same (seq_len, batch); ``of_bound`` = speedup /
+    flop_ratio_bound, the fraction of the FLOP-count speed-up reached (1 = time follows the
+    matmul FLOPs; ``lk_study.bench_train``). NaN where the reference has no finite value.
+    """
+    df = (
+        pd.read_csv(csv, keep_default_na=False, na_values=["nan", "NaN"])
+        if not isinstance(csv, pd.DataFrame)
+        else csv.copy()
+    )
+    need = {"kernel", "steps_per_s", "peak_mib", "flop_ratio_bound", *TRAIN_KEYS}
+    missing = sorted(need - set(df.columns))
+    if missing:
+        raise ValueError(f"{csv}: not a bench train CSV (missing columns {', '.join(missing)})")
+    kernels = list(df["kernel"].unique())
+    if reference not in kernels:
+        raise NoResults(
+            f"{csv}: no {reference!r} rows to take ratios to; kernels: {', '.join(kernels)}"
+        )
+    ref = df[df["kernel"] == reference][[*TRAIN_KEYS, "steps_per_s", "peak_mib"]]
+    ref = ref.rename(columns={"steps_per_s": "_ref_steps", "peak_mib": "_ref_mib"})
+    out = df.drop(columns=["speedup", "memory_ratio"], errors="ignore")
+    out = out.merge(ref, on=list(TRAIN_KEYS), how="left")
+    out["speedup"] = out["steps_per_s"] / out["_ref_steps"]
+    out["memory_ratio"] = out["peak_mib"] / out["_ref_mib"].where(out["_ref_mib"] > 0)
+    out["of_bound"] = out["speedup"] / out["flop_ratio_bound"]
+    out.attrs["reference"] = reference
+    return out.drop(columns=["_ref_steps", "_ref_mib"])

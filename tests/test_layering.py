@@ -41,6 +41,7 @@ RANKS = {
     "progress": 8,  # the study's console (a Tune callback)
     "tune": 9,
     "plots": 10,
+    "report": 10.5,  # lk-study report: analysis tables and plots figures on one page
     "bench_study": 10,  # runs studies through tune
     "cli": 11,
 }
