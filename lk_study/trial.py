@@ -176,6 +176,11 @@ def resume_point(run: str) -> tuple[str | None, list[dict]]:
         if history and history[-1].get("step", -1) >= (rows[-1]["step"] if rows else -1):
             newest, rows = name, history
     _delete_unregistered(run, {newest})
+    fs, root = study_files.filesystem(run)
+    if study_files.is_local(fs) and os.path.isdir(root):  # save_checkpoint's, cut by a kill
+        for leftover in os.listdir(root):
+            if leftover.startswith(".checkpoint_") and leftover.endswith(".tmp"):
+                shutil.rmtree(os.path.join(root, leftover), ignore_errors=True)
     if newest is None:
         return None, []
     rows = [{**row, REPLAYED: True} for row in rows]

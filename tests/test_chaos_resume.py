@@ -487,3 +487,28 @@ def test_restart_registers_the_newest_complete_checkpoint_and_deletes_the_rest(t
     (run / TRAIN_SNAPSHOT).write_text('{"ray_ver')  # the snapshot itself cut short
     assert restart_history(str(run)) == replay
     assert restart_history(str(tmp_path / "new")) == []  # a new trial
+
+
+def test_trial_runner_resumes_from_its_newest_complete_checkpoint(tmp_path):
+    """The trial runner's restart (no Ray Train snapshot): the newest checkpoint whose files
+    are all there at their sizes; older ones, one cut short and a half-renamed one deleted."""
+    from lk_study.searchers import REPLAYED
+    from lk_study.train import write_history
+    from lk_study.trial import finished, resume_point
+
+    run = tmp_path / "train-x"
+    rows = [{"step": s, "total_steps": 40} for s in STEPS]
+    for i in range(3):  # checkpoints at 10, 20, 30
+        folder = run / f"checkpoint_{i:06d}"
+        folder.mkdir(parents=True)
+        (folder / "state.pt").write_bytes(b"x" * (10 + i))
+        write_history(rows[: i + 1], str(folder))
+    (run / "checkpoint_000002" / "state.pt").write_bytes(b"x")  # 30: cut short by a kill
+    (run / ".checkpoint_000003.tmp").mkdir()  # 40: killed before its rename
+    name, replay = resume_point(str(run))
+    assert name == "checkpoint_000001"
+    assert [r["step"] for r in replay] == [10, 20] and all(r[REPLAYED] for r in replay)
+    assert replay[-1]["checkpoint_path"] == str(run / "checkpoint_000001")
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_000001"]
+    assert not finished(replay) and finished([{"step": 40, "total_steps": 40}])
+    assert resume_point(str(tmp_path / "new")) == (None, [])
