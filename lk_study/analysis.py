@@ -56,6 +56,7 @@ from lk_study.tables import (  # noqa: F401  re-exported: lk_study.analysis.<nam
     default_metric,
     efficiency,
     efficiency_table,
+    efficiency_train,
     feature_curve,
     format_mean_std,
     glue_table,

@@ -166,7 +166,8 @@ def _candidate(name: str, cfg: AttentionBench) -> _Candidate:
     return _Candidate(name, lambda q, k, v: kernel_attention(q, k, v, fm), fm.num_features, fm)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing to wait for on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -188,10 +189,10 @@ def _reset_grads(cand: _Candidate, inputs: tuple[Tensor, ...]) -> None:
 
 def _time_ms(cand: _Candidate, inputs: tuple[Tensor, ...], grad: Tensor, pass_: str) -> float:
     _reset_grads(cand, inputs)
-    _sync(grad.device)
+    sync(grad.device)
     start = time.perf_counter()
     _run(cand, inputs, grad, pass_)
-    _sync(grad.device)
+    sync(grad.device)
     return (time.perf_counter() - start) * 1e3
 
 
@@ -232,20 +233,24 @@ def _cpu_peak_bytes(run: Callable[[], None]) -> float:
     return float(peak)
 
 
+def peak_mib(run: Callable[[], None], device: torch.device) -> float:
+    """Peak tensor memory (MiB) that ``run()`` allocates beyond what was allocated before it,
+    on ``device`` (CUDA: the allocator's peak statistics; CPU: ``_cpu_peak_bytes``)."""
+    if device.type != "cuda":
+        return _cpu_peak_bytes(run) / 2**20
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    run()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
 def _peak_mib(cand: _Candidate, inputs: tuple[Tensor, ...], grad: Tensor, pass_: str) -> float:
     _reset_grads(cand, inputs)
-    device = grad.device
-    if device.type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        _run(cand, inputs, grad, pass_)
-        _sync(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        peak = _cpu_peak_bytes(lambda: _run(cand, inputs, grad, pass_))
+    peak = peak_mib(lambda: _run(cand, inputs, grad, pass_), grad.device)
     _reset_grads(cand, inputs)
-    return peak / 2**20
+    return peak
 
 
 def _stderr(message: str) -> None:
