@@ -154,13 +154,15 @@ scheduler: {name: none}
 """
 
 
-def test_worker_failure_is_retried_and_nan_trial_errors(tmp_path, monkeypatch):
+@pytest.mark.parametrize("runner", ["trial", "train"])  # Tune's retry / Ray Train's restart
+def test_worker_failure_is_retried_and_nan_trial_errors(tmp_path, monkeypatch, runner):
     study = tmp_path / "faults.yaml"
     study.write_text(FAULTS_STUDY)
     marker = tmp_path / "failed-once"
     monkeypatch.setenv("LK_STUDY_FAIL_AT_STEP", "12")
     monkeypatch.setenv("LK_STUDY_FAIL_MARKER", str(marker))
-    out = cli("tune", str(study), "--storage", str(tmp_path / "runs"), both=True)
+    runs = ["--storage", str(tmp_path / "runs"), "--set", f"scaling.runner={runner}"]
+    out = cli("tune", str(study), *runs, both=True)
     assert "reason: FloatingPointError: training loss became nan" in out  # on the console
     assert marker.exists()  # the failure was injected (in the healthy trial: the other NaNs early)
     res = load_study(str(tmp_path / "runs" / "faults"))
