@@ -70,7 +70,7 @@ from lk_study.config import Config, ConfigError, flatten, with_overrides
 from lk_study.kernels import KERNELS, FeatureMap, RandomFeatureMap, kernel_from_config
 from lk_study.study import load_study_file
 from lk_study.tasks import get_task
-from lk_study.train import build_model, param_groups
+from lk_study.train import _optimiser, build_model
 
 COLUMNS = (
     "kernel",
@@ -221,13 +221,7 @@ def _candidate(cfg: TrainBench, name: str, device: torch.device) -> _Candidate:
     torch.manual_seed(cfg.seed)
     model = build_model(config).to(device).train()
     model.encoder.resample_kernels(cfg.seed, 0)
-    optim = torch.optim.AdamW(
-        param_groups(model, t.weight_decay),
-        lr=t.lr,
-        betas=(t.beta1, t.beta2),
-        eps=t.adam_eps,
-        weight_decay=t.weight_decay,
-    )
+    optim, _ = _optimiser(model, t)  # the loop's own AdamW (its schedule is not timed)
     return _Candidate(name, config, model, optim)
 
 

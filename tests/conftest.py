@@ -1,7 +1,14 @@
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1)
 
@@ -11,6 +18,32 @@ def _cache(tmp_path_factory, monkeypatch):
     """Generated data goes to a per-session cache, never the user's."""
     monkeypatch.setenv("LK_STUDY_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     yield
+
+
+@pytest.fixture(scope="session")
+def tune_smoke():
+    """``tune_smoke(STUDY_FILE, STORAGE)``: ``lk-study tune STUDY_FILE --smoke`` in its own Ray
+    temp dir (it neither joins nor disturbs another Ray instance on this machine)."""
+
+    def run(study_file: str, storage: Path) -> None:
+        ray_tmp = tempfile.mkdtemp(prefix="lkr", dir="/tmp")  # short: Ray's socket paths
+        env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_DEDUP_LOGS": "0"}
+        env.pop("RAY_ADDRESS", None)
+        argv = ["tune", study_file, "--smoke", "--storage", str(storage)]
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "lk_study.cli", *argv],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    return run
 
 
 @pytest.fixture

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -479,26 +476,10 @@ def outputs(nb, kind: str) -> list:
 
 
 @pytest.mark.integration
-def test_notebooks_run_against_a_real_smoke_study(tmp_path):
-    # (1) a real --smoke study through Ray Tune + Train; its own Ray temp dir, so that it
-    # neither joins nor disturbs another Ray instance on this machine
+def test_notebooks_run_against_a_real_smoke_study(tmp_path, tune_smoke):
+    # (1) a real --smoke study through Ray Tune + Train, in its own Ray temp dir
     storage = tmp_path / "studies"
-    ray_tmp = tempfile.mkdtemp(prefix="lkr", dir="/tmp")  # short: Ray's socket paths
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_DEDUP_LOGS": "0"}
-    env.pop("RAY_ADDRESS", None)
-    argv = ["tune", "search_spaces/feature_counts.yaml", "--smoke", "--storage", str(storage)]
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "lk_study.cli", *argv],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tune_smoke("search_spaces/feature_counts.yaml", storage)
     study = storage / "feature_counts-smoke"
     res = analysis.load_study(study)
     assert sorted(res.trials["kernel.name"]) == ["gmm_prf", "prf"]

@@ -8,12 +8,8 @@ import glob
 import io
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -136,29 +132,8 @@ def test_an_exported_folder_reads_back_without_tune_files(tmp_path):
 # ---------------------------------------------------------------------------- integration
 
 
-def tune_smoke(study_file: str, storage: Path) -> None:
-    """``lk-study tune STUDY --smoke`` in its own Ray temp dir (it neither joins nor disturbs
-    another Ray instance on this machine)."""
-    ray_tmp = tempfile.mkdtemp(prefix="lkr", dir="/tmp")  # short: Ray's socket paths
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_DEDUP_LOGS": "0"}
-    env.pop("RAY_ADDRESS", None)
-    argv = ["tune", study_file, "--smoke", "--storage", str(storage)]
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "lk_study.cli", *argv],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory) -> Path:
+def quickstart(tmp_path_factory, tune_smoke) -> Path:
     storage = tmp_path_factory.mktemp("studies")
     tune_smoke("search_spaces/quickstart.yaml", storage)
     return storage / "quickstart-smoke"
@@ -235,7 +210,7 @@ def test_report_on_a_study_still_running(quickstart, tmp_path):
 
 
 @pytest.mark.integration
-def test_report_of_the_sparsity_smoke_study_has_the_sparsity_table(tmp_path):
+def test_report_of_the_sparsity_smoke_study_has_the_sparsity_table(tmp_path, tune_smoke):
     tune_smoke("search_spaces/sparsity.yaml", tmp_path)
     study = analysis.load_study(tmp_path / "sparsity-smoke")
     assert len(study.trials) == 4
