@@ -7,9 +7,9 @@
     DIR/<figure>.png                 ``plots.save_figures``: curves, tables, spectra, ...
 
 It reads a finished study, one still running (trials RUNNING, no trials.parquet yet) and an
-exported one (``--export DIR`` writes trials.parquet, curves.parquet, lk_study.json and
-timeline.json there; ``analysis.load_study`` reads such a folder back, so a study can be
-committed and reported again). Every number comes from ``lk_study.analysis``; this module
+exported one (``--export DIR`` writes trials.parquet, curves.parquet, lk_study.json,
+timeline.json and the best learned-kernel trial's weights there; ``analysis.load_study``
+reads such a folder back, so a study can be committed and reported again, spectrum included). Every number comes from ``lk_study.analysis``; this module
 formats them and counts statuses, nothing else. No Ray: the machine section reads versions
 from the installed packages' metadata.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import io
 import os
 import platform
 import re
@@ -48,8 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--export",
         metavar="DIR",
-        help="also write trials.parquet, curves.parquet, lk_study.json (and timeline.json) to "
-        "DIR: a folder that `lk-study report DIR` and analysis.load_study read back",
+        help="also write trials.parquet, curves.parquet, lk_study.json, timeline.json and the "
+        "best learned-kernel trial's weights to DIR: a folder that `lk-study report DIR` and "
+        "analysis.load_study read back",
     )
     p.add_argument("--top", type=int, default=20, help="leaderboard rows (default: 20)")
     p.set_defaults(func=cmd_report)
@@ -85,7 +87,29 @@ def export_study(study: analysis.StudyResults, out: str | Path) -> list[str]:
         if text is not None:
             storage.write_bytes(out, name, text.encode())
             written.append(storage.join(out, name))
-    return written
+    weights = _export_best_weights(study, out)
+    return written + ([weights] if weights else [])
+
+
+def _export_best_weights(study: analysis.StudyResults, out: str) -> str | None:
+    """Copy the best learned-kernel trial's newest checkpoint, weights and config only (no
+    optimiser state: a third of the size), to the same place under ``out``, so the exported
+    folder's report draws its learned spectrum too. None when the study has no such local
+    checkpoint."""
+    import torch
+
+    from lk_study.checkpoints import CHECKPOINT_FILE, checkpoint_state
+
+    try:
+        run = analysis.best_checkpoint(study)  # STUDY/train_runs/train-<trial_id>
+        file, state = checkpoint_state(run)
+    except (analysis.NoResults, FileNotFoundError):
+        return None
+    folder = storage.join(out, file.parent.relative_to(Path(run).parent.parent).as_posix())
+    buffer = io.BytesIO()
+    torch.save({"model": state["model"], "config": state["config"]}, buffer)
+    storage.write_bytes(folder, CHECKPOINT_FILE, buffer.getvalue())
+    return storage.join(folder, CHECKPOINT_FILE)
 
 
 def write_report(

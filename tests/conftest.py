@@ -86,6 +86,7 @@ FILE_TIERS = {
     "test_preflight.py": "smoke",  # checks that run before Ray starts
     "test_real_data.py": "smoke",  # its long run is marked integration
     "test_report.py": "smoke",
+    "test_results.py": "smoke",  # the committed docs/results/ (reads, no training)
     "test_sparsity.py": "smoke",
     "test_spectra.py": "smoke",
     "test_synthetic_text.py": "smoke",

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from matplotlib.figure import Figure
 
 from lk_study import analysis, plots, report
 from lk_study.analysis import NoResults, StudyResults
+from lk_study.checkpoints import checkpoint_state
 from lk_study.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,6 +177,7 @@ def test_report_export_round_trip_and_html(quickstart, tmp_path):
         "curves.parquet",
         "lk_study.json",
         "timeline.json",
+        "train_runs",  # the best learned-kernel trial's weights, for its spectrum
         "trials.parquet",
     ]
     shown = images(html_dir / "report.html")
@@ -185,8 +188,15 @@ def test_report_export_round_trip_and_html(quickstart, tmp_path):
     original = report.report_markdown(analysis.load_study(quickstart))
     assert section(again, "Leaderboard") == section(original, "Leaderboard")
     assert section(again, "Tables") == section(original, "Tables")
-    assert "- spectrum: skipped (no checkpoint" in again  # no checkpoints in an export
     assert all(p.is_file() for p in images(exported / "report" / "report.md"))
+    # the spectrum is drawn from the exported weights: the original model's, optimiser dropped
+    assert "![spectrum](spectrum.png)" in again
+    best = analysis.best_checkpoint(analysis.load_study(quickstart))
+    _, kept = checkpoint_state(analysis.best_checkpoint(analysis.load_study(exported)))
+    _, full = checkpoint_state(best)
+    assert set(kept) == {"model", "config"} and kept["config"] == full["config"]
+    assert kept["model"].keys() == full["model"].keys()
+    assert all(torch.equal(kept["model"][k], v) for k, v in full["model"].items())
 
 
 @pytest.mark.integration
