@@ -9,8 +9,9 @@
 It reads a finished study, one still running (trials RUNNING, no trials.parquet yet) and an
 exported one (``--export DIR`` writes trials.parquet, curves.parquet, lk_study.json,
 timeline.json and the best learned-kernel trial's weights there; ``analysis.load_study``
-reads such a folder back, so a study can be committed and reported again, spectrum included). Every number comes from ``lk_study.analysis``; this module
-formats them and counts statuses, nothing else. No Ray: the machine section reads versions
+reads such a folder back, so a study can be committed and reported again, spectrum
+included). Every number comes from ``lk_study.analysis``; this module formats them and
+counts statuses, nothing else. No Ray: the machine section reads versions
 from the installed packages' metadata.
 """
 

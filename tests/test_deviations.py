@@ -8,7 +8,14 @@ from lk_study.config import KernelConfig, with_overrides
 from lk_study.kernels import family_params
 from lk_study.study import load_study_file
 
-PAPER_STUDIES = ["lra_kernels", "sparsity", "sparsity_cpu", "feature_counts", "wikitext_mlm", "glue_grid"]
+PAPER_STUDIES = [
+    "lra_kernels",
+    "sparsity",
+    "sparsity_cpu",
+    "feature_counts",
+    "wikitext_mlm",
+    "glue_grid",
+]
 
 # key -> (the authors' value, per family where it differs); None: the key is ours (kept)
 AUTHORS = {

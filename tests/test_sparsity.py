@@ -1,10 +1,11 @@
-"""The sparsity task: shape, determinism, label semantics, Parquet round trip."""
+"""The sparsity task: shape, determinism, label semantics, Parquet round trip, and the
+bag-of-bits baseline's closed form against the generator."""
 
 import numpy as np
 import pytest
 
 from lk_study.tasks import Split, prepare
-from lk_study.tasks.sparsity import SparsityConfig, generate, label_of
+from lk_study.tasks.sparsity import SparsityConfig, bag_of_bits_accuracy, generate, label_of
 
 T = 4
 
@@ -48,3 +49,15 @@ def test_bad_parameters():
         generate(10, 0, seq_len=20, num_signal=4, num_types=T)
     with pytest.raises(ValueError, match="num_types must be >= 2"):
         generate(10, 0, seq_len=20, num_signal=3, num_types=1)
+
+
+@pytest.mark.parametrize("k", [3, 7, 15, 31])
+def test_bag_of_bits_accuracy_matches_the_generator(k):
+    """The closed form against the generator's own data: the best rule from the count of
+    1-bits (a majority vote over every content token, by symmetry) on 200,000 sequences."""
+    ids, labels = generate(200_000, 1, seq_len=64, num_signal=k, num_types=4)
+    ones = ((ids[:, 1:] - 1 - 4) % 2).sum(1)
+    empirical = ((2 * ones > 63) == labels).mean()
+    assert bag_of_bits_accuracy(64, k) == pytest.approx(empirical, abs=0.004)
+    assert 0.5 < bag_of_bits_accuracy(64, k) < 0.8
+    assert bag_of_bits_accuracy(8, 7) == 1.0  # no noise tokens: the count is the label

@@ -61,6 +61,27 @@ def label_of(ids: np.ndarray, num_types: int) -> np.ndarray:
     return ((bits * signal).sum(1) * 2 > signal.sum(1)).astype(np.int64)
 
 
+def bag_of_bits_accuracy(seq_len: int, num_signal: int) -> float:
+    """The best accuracy of any model that does not tell signal from noise tokens: the Bayes
+    accuracy given the number of 1-bits among all seq_len − 1 content tokens (the types and
+    order carry no label information without the query match). With S ~ Bin(k, ½) the signal
+    ones, N ~ Bin(n, ½) the noise ones (n = L − 1 − k), label y = [S > k/2], total C = S + N:
+
+        acc = Σ_c max(P(y = 1, C = c), P(y = 0, C = c)),
+        P(y, C = c) = Σ_{s: y(s) = y} P(S = s) P(N = c − s)
+
+    A kernel at this accuracy learned no content-based attention."""
+    from math import comb
+
+    k, n = num_signal, seq_len - 1 - num_signal
+    p_s = np.array([comb(k, s) for s in range(k + 1)], dtype=float) / 2.0**k
+    p_n = np.array([comb(n, j) for j in range(n + 1)], dtype=float) / 2.0**n
+    ones = np.arange(k + 1) * 2 > k
+    joint1 = np.convolve(np.where(ones, p_s, 0.0), p_n)  # P(y = 1, C = c), c = 0..k+n
+    joint0 = np.convolve(np.where(ones, 0.0, p_s), p_n)
+    return float(np.maximum(joint0, joint1).sum())
+
+
 @dataclass(frozen=True)
 class SparsityConfig(TaskConfig):
     name: str = "sparsity"
