@@ -460,13 +460,19 @@ def feature_curve(
 
     Returns one row per (family, num_features): mean, std (ddof = 1), count (seeds), sorted.
     Families without random features (softmax when num_features is not searched for it) have
-    NaN num_features: plot them as a horizontal reference.
+    NaN num_features: plot them as a horizontal reference. Raises NoResults unless the trials
+    ran at two num_features values or more (with one, the best point per family would pass
+    for a curve over M).
     """
     metric = metric or default_metric(study)
     trials = trials_of(study)
     for key in (family, x):
         if key not in trials:
             raise NoResults(f"the trials table has no column {key!r}")
+    values = sorted(pd.to_numeric(trials[x], errors="coerce").dropna().unique())
+    if len(values) < 2:
+        ran = ", ".join(f"{v:g}" for v in values) or "none"
+        raise NoResults(f"the features table needs trials at two {x} values or more; ran: {ran}")
     cells, _ = best_points(trials, [family, x], metric)
     out = cells[[family, x, "mean", "std", "count"]].copy()
     order = {k: i for i, k in enumerate(_row_order(list(out[family].unique()), family))}

@@ -388,10 +388,18 @@ def test_param_importance_ranks_the_parameter_that_decides_the_metric(tmp_path):
         analysis.param_importance(few)
 
 
+def test_feature_curve_needs_two_feature_counts():
+    rows = [("prf", 16, 0, 0.6), ("prf", 16, 1, 0.7), ("softmax", None, 0, 0.9)]
+    df = frame(rows, ["kernel.name", "kernel.num_features", "train.seed", ACC])
+    with pytest.raises(NoResults, match="two kernel.num_features values or more; ran: 16"):
+        analysis.feature_curve(df)
+
+
 def test_cli_results_tables_formats_and_figures(tmp_path, capsys):
     trials = lra_trials()
     trials = trials[(trials["status"] == "TERMINATED") & trials[ACC].notna()]
-    trials = trials.assign(**{"kernel.num_features": 16})
+    m = trials["kernel.name"].map({"softmax": 16, "gmm_prf": 32})  # two values: a features table
+    trials = trials.assign(**{"kernel.num_features": m})
     search = {
         "kernel.name": {"kind": "grid", "values": ["softmax", "gmm_prf"], "when": []},
         "task.name": {"kind": "grid", "values": ["listops", "text", "image"], "when": []},
@@ -482,7 +490,7 @@ def test_notebooks_run_against_a_real_smoke_study(tmp_path, tune_smoke):
     tune_smoke("search_spaces/feature_counts.yaml", storage)
     study = storage / "feature_counts-smoke"
     res = analysis.load_study(study)
-    assert sorted(res.trials["kernel.name"]) == ["gmm_prf", "prf"]
+    assert sorted(res.trials["kernel.name"]) == ["gmm_prf", "gmm_prf", "prf", "prf"]
     checkpoint = analysis.best_checkpoint(res)
     assert "/train_runs/train-" in checkpoint
     bench = write_bench(tmp_path / "bench.csv")
