@@ -37,6 +37,7 @@ FORMATS = {"md": "report.md", "html": "report.html"}
 SECTIONS = ("task", "model", "kernel", "train", "scaling")  # of the base config, in order
 STATUS_ORDER = ("RUNNING", "PENDING", "PAUSED", "TERMINATED", "ERROR")
 EXPORTED = (analysis.STUDY_FILE, analysis.TIMELINE_FILE)  # copied as they are, when present
+TRAINING_STATE = ("optim", "sched", "rng")  # left out of exported weights: only resuming needs them
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -93,8 +94,8 @@ def export_study(study: analysis.StudyResults, out: str | Path) -> list[str]:
 
 
 def _export_best_weights(study: analysis.StudyResults, out: str) -> str | None:
-    """Copy the best learned-kernel trial's newest checkpoint, weights and config only (no
-    optimiser state: a third of the size), to the same place under ``out``, so the exported
+    """Copy the best learned-kernel trial's newest checkpoint without its optimiser, scheduler
+    and RNG state (a third of the size), to the same place under ``out``, so the exported
     folder's report draws its learned spectrum too. None when the study has no such local
     checkpoint."""
     import torch
@@ -108,7 +109,8 @@ def _export_best_weights(study: analysis.StudyResults, out: str) -> str | None:
         return None
     folder = storage.join(out, file.parent.relative_to(Path(run).parent.parent).as_posix())
     buffer = io.BytesIO()
-    torch.save({"model": state["model"], "config": state["config"]}, buffer)
+    kept = {k: v for k, v in state.items() if k not in TRAINING_STATE}
+    torch.save(kept, buffer)
     storage.write_bytes(folder, CHECKPOINT_FILE, buffer.getvalue())
     return storage.join(folder, CHECKPOINT_FILE)
 
