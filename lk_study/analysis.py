@@ -434,7 +434,7 @@ def param_importance(study: StudyResults, metric: str | None = None, seed: int =
     ``best.<objective>``), fitted on the finished trials of any searcher (grid, random,
     Optuna). Parameters inactive in some trials (conditionals) are left out, as Optuna does.
     Returns importances summing to 1, largest first; raises NoResults with fewer than three
-    finished trials or nothing varied."""
+    finished trials, nothing varied or the same metric everywhere."""
     import optuna
 
     metric = metric or default_metric(study)
@@ -445,6 +445,11 @@ def param_importance(study: StudyResults, metric: str | None = None, seed: int =
         raise NoResults(
             f"{study.path}: importance needs >= 3 finished trials and a varied searched "
             f"parameter (has {len(trials)} trials, varied: {', '.join(varied) or 'none'})"
+        )
+    if trials[metric].nunique() < 2:  # fANOVA has no variance to split
+        raise NoResults(
+            f"{study.path}: importance needs {metric} to vary; it is the same in "
+            f"all {len(trials)} trials"
         )
     dists = {k: _distribution(search[k], trials[k]) for k in varied}
     direction = "minimize" if metric_mode(metric) == "min" else "maximize"

@@ -386,6 +386,11 @@ def test_param_importance_ranks_the_parameter_that_decides_the_metric(tmp_path):
     few = StudyResults(study.path, study.trials.head(2), study.curves, study.objective)
     with pytest.raises(NoResults, match=">= 3 finished trials"):
         analysis.param_importance(few)
+    flat = StudyResults(
+        study.path, study.trials.assign(**{ACC: 0.5}), study.curves, study.objective
+    )
+    with pytest.raises(NoResults, match="to vary; it is the same in all 15 trials"):
+        analysis.param_importance(flat)
 
 
 def test_feature_curve_needs_two_feature_counts():
